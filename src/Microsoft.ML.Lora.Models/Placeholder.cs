@@ -1,0 +1,2 @@
+namespace Microsoft.ML.Lora.Models;
+internal static class Placeholder { }

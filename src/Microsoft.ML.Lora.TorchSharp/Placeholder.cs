@@ -1,0 +1,2 @@
+namespace Microsoft.ML.Lora;
+internal static class Placeholder { }
