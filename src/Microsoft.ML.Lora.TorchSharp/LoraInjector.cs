@@ -49,6 +49,7 @@ internal static class LoraInjector
                 continue;
             }
 
+            CheckSupported(module, path, config);
             var r = PatternValue(config.rank_pattern, path, config.r);
             var alpha = PatternValue(config.alpha_pattern, path, config.lora_alpha);
             LoraArguments.Check(r, alpha, config.lora_dropout);
@@ -101,7 +102,6 @@ internal static class LoraInjector
                 return new Modules.Embedding(embedding.weight!, r, alpha, config.merge_weights, padding_idx: null,
                     config.use_rslora, init);
             case TorchModules.Convolution conv when !conv.transposed:
-                CheckConvolution(conv, path, config);
                 var dims = conv.kernel_size.Length;
                 var stride = conv.stride;
                 var padding = conv.padding!;
@@ -122,9 +122,17 @@ internal static class LoraInjector
         }
     }
 
-    private static void CheckConvolution(TorchModules.Convolution conv, string path, LoraConfig config)
+    /// <summary>Throws unless <paramref name="module"/> is a type LoRA can replace (checked before anything changes).</summary>
+    private static void CheckSupported(nn.Module module, string path, LoraConfig config)
     {
-        if (conv.padding is null || conv.padding_mode != PaddingModes.Zeros)
+        if (module is not (TorchModules.Linear or TorchModules.Embedding or TorchModules.Convolution { transposed: false }))
+        {
+            throw new ArgumentException(
+                $"Module '{path}' is a {module.GetType().Name}; LoRA supports Linear, Embedding, Conv1d, Conv2d and Conv3d.",
+                nameof(config));
+        }
+
+        if (module is TorchModules.Convolution conv && (conv.padding is null || conv.padding_mode != PaddingModes.Zeros))
         {
             throw new ArgumentException(
                 $"Convolution '{path}' uses padding {(conv.padding is null ? conv.padding_type.ToString() : conv.padding_mode.ToString())}; " +

@@ -29,6 +29,9 @@ internal static class TestUtil
         nn.init.normal_(p, 0, std);
     }
 
+    /// <summary>A state-dict key of a LoRA factor: one of its dotted segments is lora_A or lora_B.</summary>
+    internal static bool IsLoraKey(string key) => key.Split('.').Any(s => s is "lora_A" or "lora_B");
+
     internal static void AssertExactlyEqual(Tensor actual, Tensor expected, string what)
     {
         CollectionAssert.AreEqual(expected.shape, actual.shape, $"{what}: shape");
