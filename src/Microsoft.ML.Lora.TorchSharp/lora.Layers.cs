@@ -136,4 +136,45 @@ public static partial class lora
         var (w, b) = BaseInit.Conv(shape, bias, device, dtype);
         return (LoraArguments.NewParameter(w), b is null ? null : LoraArguments.NewParameter(b), init);
     }
+
+    /// <summary>
+    /// Creates a linear layer whose output splits into <c>enable_lora.Length</c> equal groups, with LoRA on the enabled
+    /// ones (loralib's <c>lora.MergedLinear</c>, e.g. a fused qkv projection with <c>enable_lora = [true, false, true]</c>).
+    /// </summary>
+    /// <param name="in_features">Size of each input sample.</param>
+    /// <param name="out_features">Size of each output sample; must be divisible by <c>enable_lora.Length</c>.</param>
+    /// <param name="r">Rank of each group's update; 0 (default) means no LoRA.</param>
+    /// <param name="lora_alpha">α (default 1).</param>
+    /// <param name="lora_dropout">Dropout on the LoRA branch input, in [0, 1) (default 0).</param>
+    /// <param name="enable_lora">One flag per output group (default: a single disabled group, as loralib).</param>
+    /// <param name="fan_in_fan_out">Store the weight as (in × out) (default false).</param>
+    /// <param name="merge_weights">Merge on <c>eval()</c>, unmerge on <c>train()</c> (default true).</param>
+    /// <param name="bias">Whether the layer has a bias (default true).</param>
+    /// <param name="use_rslora">Scale by α/√r (default false).</param>
+    /// <param name="init_lora_weights">"true", "gaussian" or "false".</param>
+    /// <param name="device">Device of the parameters.</param>
+    /// <param name="dtype">Type of the base parameters.</param>
+    /// <returns>The layer, in training mode.</returns>
+    /// <exception cref="ArgumentException">enable_lora does not divide out_features, or r &gt; 0 and no group is enabled.</exception>
+    public static Modules.MergedLinear MergedLinear(long in_features, long out_features, int r = 0, double lora_alpha = 1,
+        double lora_dropout = 0, bool[]? enable_lora = null, bool fan_in_fan_out = false, bool merge_weights = true,
+        bool bias = true, bool use_rslora = false, string init_lora_weights = "true", Device? device = null, ScalarType? dtype = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(in_features);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(out_features);
+        LoraArguments.Check(r, lora_alpha, lora_dropout);
+        enable_lora ??= [false];
+        Modules.MergedLinear.CheckGroups(out_features, r, enable_lora);
+        var init = LoraArguments.ParseInit(init_lora_weights);
+        var (w, b) = BaseInit.Linear(in_features, out_features, bias, device, dtype);
+        if (fan_in_fan_out)
+        {
+            var transposed = w.t().contiguous();
+            w.Dispose();
+            w = transposed;
+        }
+
+        return new Modules.MergedLinear(LoraArguments.NewParameter(w), b is null ? null : LoraArguments.NewParameter(b),
+            r, lora_alpha, lora_dropout, enable_lora, fan_in_fan_out, merge_weights, use_rslora, init);
+    }
 }

@@ -232,7 +232,7 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
 
     private static bool SameValues(Tensor remembered, Tensor current)
     {
-        if (remembered.device != current.device || remembered.dtype != current.dtype || !remembered.shape.SequenceEqual(current.shape))
+        if (!remembered.device.SameAs(current.device) || remembered.dtype != current.dtype || !remembered.shape.SequenceEqual(current.shape))
         {
             return false;
         }
