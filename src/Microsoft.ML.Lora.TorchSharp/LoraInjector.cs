@@ -14,7 +14,7 @@ internal static class LoraInjector
     /// <summary>Linear layers that "all-linear" leaves alone: output heads, as PEFT skips the output embedding layer.</summary>
     private static readonly HashSet<string> OutputHeadNames = new(StringComparer.Ordinal)
     {
-        "lm_head", "classifier", "score", "qa_outputs", "cls",
+        "lm_head", "classifier", "score", "qa_outputs",
     };
 
     private static readonly FieldInfo RegistryField = typeof(nn.Module).GetField(
