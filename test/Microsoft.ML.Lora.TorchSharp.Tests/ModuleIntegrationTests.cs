@@ -69,4 +69,25 @@ public sealed class ModuleIntegrationTests
             Assert.AreEqual(shouldChange, changed, $"{key} changed");
         }
     }
+
+    [TestMethod]
+    [DynamicData(nameof(LayerContractTests.Kinds), typeof(LayerContractTests))]
+    public void Layer_CreatedInsideDisposeScope_OutlivesTheScope(string kind)
+    {
+        torch.manual_seed(83);
+        LayerCase c;
+        using (var inner = NewDisposeScope())
+        {
+            c = LayerCase.Create(kind);
+            c.RandomizeFactors();
+            c.Layer.eval();
+            c.Layer.train();
+        }
+
+        using var scope = NewDisposeScope();
+        Assert.IsTrue(c.Layer.parameters().All(p => !p.IsInvalid), "parameters survive the scope they were made in");
+        var y = c.Layer.forward(c.Input());
+        Assert.IsTrue(y.isfinite().all().item<bool>());
+        c.Layer.Dispose();
+    }
 }

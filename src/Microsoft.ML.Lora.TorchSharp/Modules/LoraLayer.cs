@@ -161,7 +161,7 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         }
 
         using var noGrad = torch.no_grad();
-        _mergedFactors = [lora_A!.detach().clone().DetachFromDisposeScope(), lora_B!.detach().clone().DetachFromDisposeScope()];
+        _mergedFactors = SnapshotFactors();
         AddDelta(_mergedFactors[0], _mergedFactors[1], 1.0);
         merged = true;
     }
@@ -206,7 +206,7 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         using var noGrad = torch.no_grad();
         AddDelta(oldA, oldB, -1.0);
         DisposeMergedFactors();
-        _mergedFactors = [a.detach().clone().DetachFromDisposeScope(), b.detach().clone().DetachFromDisposeScope()];
+        _mergedFactors = SnapshotFactors();
         AddDelta(_mergedFactors[0], _mergedFactors[1], 1.0);
     }
 
@@ -253,6 +253,15 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         {
             target.copy_(target.to(ScalarType.Float32).add_(delta, alpha: sign));
         }
+    }
+
+    /// <summary>Copies of lora_A and lora_B that outlive any dispose scope (owned by this layer).</summary>
+    private Tensor[] SnapshotFactors()
+    {
+        using var scope = torch.NewDisposeScope();
+        var a = lora_A!.detach().clone();
+        var b = lora_B!.detach().clone();
+        return [a.DetachFromDisposeScope(), b.DetachFromDisposeScope()];
     }
 
     private void DisposeMergedFactors()
