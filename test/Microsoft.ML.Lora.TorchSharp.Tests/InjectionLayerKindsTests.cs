@@ -57,4 +57,16 @@ public sealed class InjectionLayerKindsTests
         AssertExactlyEqual(model.forward(ids), before, "A = 0");
         Assert.IsTrue(model.state_dict().ContainsKey("word_embeddings.lora_B"));
     }
+
+    [TestMethod]
+    public void Inject_RankNotDivisibleByConvGroups_ThrowsBeforeChangingAnything()
+    {
+        using var scope = NewDisposeScope();
+        var model = new ConvNet();
+        var e = Assert.ThrowsExactly<ArgumentException>(
+            () => lora.inject_adapter_in_model(new LoraConfig { r = 3, target_modules = ["conv1", "conv2"] }, model));
+        StringAssert.Contains(e.Message, "conv2");
+        Assert.IsFalse(model.modules().Any(m => m is ILoraLayer), "conv1 was not swapped either");
+        Assert.IsTrue(model.parameters().All(p => p.requires_grad), "no parameter was frozen");
+    }
 }
