@@ -62,4 +62,39 @@ public sealed class ConvTests
         var e = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => lora.Conv1d(2, 2, 1, r: r, lora_alpha: alpha, lora_dropout: dropout));
         Assert.AreEqual(name, e.ParamName);
     }
+
+    [TestMethod]
+    public void Conv2d_RectangularKernel_MatchesTorchSharpConvAndMerges()
+    {
+        torch.manual_seed(52);
+        using var scope = NewDisposeScope();
+        var layer = lora.Conv2d(2, 4, (3, 1), r: 2, lora_alpha: 2, stride: (2, 1), padding: (1, 0), dilation: (1, 2));
+        CollectionAssert.AreEqual(new long[] { 2, 2, 3, 1 }, layer.lora_A!.shape);
+        var plain = nn.Conv2d(2, 4, (3, 1), stride: (2, 1), padding: (1, 0), dilation: (1, 2));
+        using (no_grad())
+        {
+            plain.weight.copy_(layer.weight);
+            plain.bias!.copy_(layer.bias!);
+        }
+
+        var x = randn(1, 2, 7, 5);
+        AssertExactlyEqual(layer.forward(x), plain.forward(x), "B = 0");
+        Randomize(layer.lora_B);
+        var unmerged = layer.forward(x).detach();
+        layer.eval();
+        Assert.IsTrue(MaxRelativeDifference(layer.forward(x), unmerged) <= 1e-5);
+    }
+
+    [TestMethod]
+    public void Conv3d_CuboidKernel_MergedAgrees()
+    {
+        torch.manual_seed(53);
+        using var scope = NewDisposeScope();
+        var layer = lora.Conv3d(2, 2, (1, 2, 3), r: 2, lora_alpha: 2, padding: (0, 1, 1));
+        Randomize(layer.lora_B);
+        var x = randn([1, 2, 3, 4, 5]);
+        var unmerged = layer.forward(x).detach();
+        layer.eval();
+        Assert.IsTrue(MaxRelativeDifference(layer.forward(x), unmerged) <= 1e-5);
+    }
 }
