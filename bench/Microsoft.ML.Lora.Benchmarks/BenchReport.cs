@@ -21,6 +21,11 @@ internal sealed class BenchReport
     private readonly List<BenchRow> _rows = new();
     private readonly List<string> _notes = new();
 
+    public BenchReport(string resultsDir) => ResultsDir = resultsDir;
+
+    /// <summary>bench/results of the repository: where results and plots go.</summary>
+    public string ResultsDir { get; }
+
     public void Add(BenchRow row)
     {
         _rows.Add(row);
@@ -59,8 +64,9 @@ internal sealed class BenchReport
         return line is null ? RuntimeInformation.ProcessArchitecture.ToString() : line[(line.IndexOf(':') + 1)..].Trim();
     }
 
-    public void Write(string resultsDir, int torchThreads)
+    public void Write(int torchThreads)
     {
+        string resultsDir = ResultsDir;
         Directory.CreateDirectory(resultsDir);
         string commit = Commit();
         DateTime now = DateTime.UtcNow;

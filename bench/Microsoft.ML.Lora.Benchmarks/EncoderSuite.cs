@@ -9,7 +9,7 @@ namespace Microsoft.ML.Lora.Benchmarks;
 
 /// <summary>
 /// Issue "Pretrained BERT-family encoders": MiniLM inference tokens/s, TorchSharp vs ONNX Runtime on the same ids and
-/// threads; and the training step (forward + backward + AdamW) with LoRA r=8 on query,value vs full fine-tuning.
+/// threads. (The training-step comparison of that issue is in <see cref="TrainingSuite"/>.)
 /// </summary>
 internal static class EncoderSuite
 {
@@ -46,29 +46,6 @@ internal static class EncoderSuite
         double torchTps = tokens / (torchMs / 1000), ortTps = tokens / (ortMs / 1000);
         report.Add(new BenchRow("encoder", $"MiniLM inference {batch}×{seq}", "tokens/s", torchTps, ortTps,
             "TorchSharp", "ONNX Runtime", "≥ 0.9×", torchTps / ortTps >= 0.9));
-
-        TrainingStep(report, tIds, tMask, tTypes, quick);
-    }
-
-    private static void TrainingStep(BenchReport report, Tensor ids, Tensor mask, Tensor types, bool quick)
-    {
-        int reps = quick ? 2 : 5;
-        manual_seed(0);
-        using var labels = randint(0, 2, ids.shape[0], dtype: int64);
-
-        using var loraBase = PretrainedModel.MiniLmL6V2.Load();
-        using var loraModel = new BertForSequenceClassification(loraBase.Model, 2);
-        lora.inject_adapter_in_model(new LoraConfig { r = 8, lora_alpha = 16, target_modules = new List<string> { "query", "value" } }, loraModel.Bert);
-        lora.mark_only_lora_as_trainable(loraModel);
-        foreach (var (name, p) in loraModel.named_parameters()) if (name.StartsWith("classifier.", StringComparison.Ordinal)) p.requires_grad = true;
-        using var fullBase = PretrainedModel.MiniLmL6V2.Load();
-        using var fullModel = new BertForSequenceClassification(fullBase.Model, 2);
-
-        Action loraStep = Step(loraModel, ids, mask, types, labels);
-        Action fullStep = Step(fullModel, ids, mask, types, labels);
-        var (loraMs, fullMs) = Measure.Pair(loraStep, fullStep, reps);
-        report.Add(new BenchRow("encoder", $"MiniLM train step {ids.shape[0]}×{ids.shape[1]} (fwd+bwd+AdamW)", "ms", loraMs, fullMs,
-            "LoRA r=8 q,v", "full fine-tuning", "≤ 0.75×", loraMs / fullMs <= 0.75));
     }
 
     /// <summary>One optimisation step closure over the model's trainable parameters.</summary>

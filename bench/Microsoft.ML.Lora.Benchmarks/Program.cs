@@ -1,27 +1,37 @@
 using Microsoft.ML.Lora.Benchmarks;
 using static TorchSharp.torch;
 
-// Usage: dotnet run --project bench/Microsoft.ML.Lora.Benchmarks -c Release -- [all|layers|encoder|limit ...] [--quick] [--threads N]
-// Writes bench/results/latest.md and latest.json (and a dated copy under bench/results/history/).
-var suites = args.Where(a => !a.StartsWith("--", StringComparison.Ordinal)).ToHashSet(StringComparer.OrdinalIgnoreCase);
-bool quick = args.Contains("--quick");
-int threadsIndex = Array.IndexOf(args, "--threads");
-int threads = threadsIndex >= 0 ? int.Parse(args[threadsIndex + 1], System.Globalization.CultureInfo.InvariantCulture) : Environment.ProcessorCount;
-if (threadsIndex >= 0) suites.Remove(args[threadsIndex + 1]);
-if (suites.Count == 0 || suites.Contains("all")) suites = new(StringComparer.OrdinalIgnoreCase) { "limit", "layers", "encoder" };
-
-set_num_threads(threads);
-var report = new BenchReport();
-if (suites.Contains("limit"))
+// Usage: dotnet run --project bench/Microsoft.ML.Lora.Benchmarks -c Release -- [all|limit|layers|encoder|training ...] [--quick] [--threads N]
+// Writes bench/results/latest.md and latest.json (and a dated copy under bench/results/history/) plus PNG charts.
+var suites = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
+bool quick = false;
+int threads = Environment.ProcessorCount;
+string? probe = null;
+for (int i = 0; i < args.Length; i++)
 {
-    double gflops = LimitSuite.MatmulGflops();
-    report.Note(FormattableString.Invariant($"fp32 matmul limit (2048² × 2048², libtorch, {threads} threads): {gflops:F1} GFLOP/s"));
+    switch (args[i])
+    {
+        case "--quick": quick = true; break;
+        case "--threads": threads = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
+        case "--probe-memory": probe = args[++i]; break;
+        default: suites.Add(args[i]); break;
+    }
 }
+set_num_threads(threads);
+if (probe is not null)
+{
+    TrainingSuite.ProbeMemory(probe);
+    return;
+}
+if (suites.Count == 0 || suites.Contains("all")) suites = new(StringComparer.OrdinalIgnoreCase) { "limit", "layers", "encoder", "training" };
+
+var report = new BenchReport(Path.Combine(FindRepoRoot(), "bench", "results"));
+double limit = LimitSuite.MatmulGflops();
+report.Note(FormattableString.Invariant($"fp32 matmul limit (2048² × 2048², libtorch, {threads} threads): {limit:F1} GFLOP/s"));
 if (suites.Contains("layers")) LayerSuite.Run(report, quick);
 if (suites.Contains("encoder")) EncoderSuite.Run(report, threads, quick);
-
-string resultsDir = Path.Combine(FindRepoRoot(), "bench", "results");
-report.Write(resultsDir, threads);
+if (suites.Contains("training")) TrainingSuite.Run(report, limit, quick);
+report.Write(threads);
 
 static string FindRepoRoot()
 {
