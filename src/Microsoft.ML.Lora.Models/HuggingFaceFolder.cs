@@ -10,10 +10,11 @@ internal static class HuggingFaceFolder
     public const string ConfigFileName = "config.json";
     public const string WeightsFileName = "model.safetensors";
     public const string WeightsIndexFileName = "model.safetensors.index.json";
+    public const string PyTorchWeightsFileName = "pytorch_model.bin";
     public const string VocabFileName = "vocab.txt";
     public const string TokenizerConfigFileName = "tokenizer_config.json";
 
-    /// <summary>Reads model.safetensors, or every shard listed by model.safetensors.index.json.</summary>
+    /// <summary>Reads model.safetensors, or every shard listed by model.safetensors.index.json, or else pytorch_model.bin.</summary>
     /// <returns>The tensors by checkpoint key (not yet normalized), on the CPU, in their stored dtype.</returns>
     public static Dictionary<string, Tensor> ReadWeights(string directory)
     {
@@ -29,8 +30,14 @@ internal static class HuggingFaceFolder
             return ReadSharded(directory, index);
         }
 
+        string pytorch = Path.Combine(directory, PyTorchWeightsFileName);
+        if (File.Exists(pytorch))
+        {
+            return ReadPyTorch(pytorch);
+        }
+
         throw new FileNotFoundException(
-            $"'{directory}' has neither {WeightsFileName} nor {WeightsIndexFileName}; a Hugging Face folder with safetensors weights is expected.",
+            $"'{directory}' has none of {WeightsFileName}, {WeightsIndexFileName}, {PyTorchWeightsFileName}; a Hugging Face folder with weights is expected.",
             single);
     }
 
@@ -76,6 +83,30 @@ internal static class HuggingFaceFolder
         {
             throw new InvalidDataException($"'{path}' could not be read as safetensors: {e.Message}", e);
         }
+    }
+
+    private static Dictionary<string, Tensor> ReadPyTorch(string path)
+    {
+        System.Collections.Hashtable table;
+        try
+        {
+            table = PyTorchUnpickler.UnpickleStateDict(path);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            throw new InvalidDataException($"'{path}' could not be read as a PyTorch state dict: {e.Message}", e);
+        }
+
+        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (System.Collections.DictionaryEntry entry in table)
+        {
+            if (entry.Key is string key && entry.Value is Tensor tensor)
+            {
+                result[key] = tensor;
+            }
+        }
+
+        return result;
     }
 
     private static Dictionary<string, Tensor> ReadSharded(string directory, string indexPath)

@@ -96,6 +96,23 @@ public sealed class HuggingFaceFolderTests
     }
 
     [TestMethod]
+    public void Load_PyTorchBin_WhenNoSafetensors_LoadsIdentically()
+    {
+        using var model = TestData.TinyModel(seed: 49);
+        string dir = TestData.SaveTinyFolder(model);
+        File.Delete(Path.Combine(dir, "model.safetensors"));
+        var table = new System.Collections.Hashtable();
+        foreach (var (key, value) in model.BaseStateDict())
+        {
+            table["bert." + key] = value;
+        }
+
+        PyTorchPickler.PickleStateDict(Path.Combine(dir, "pytorch_model.bin"), table);
+        using var loaded = PretrainedModel.FromHuggingFaceFolder(dir).Load();
+        CollectionAssert.AreEqual(Output(model, 50), Output(loaded.Model, 50));
+    }
+
+    [TestMethod]
     public void Load_WrongWeights_ListsMissingUnexpectedAndMismatchedKeys()
     {
         using var model = TestData.TinyModel(seed: 46);

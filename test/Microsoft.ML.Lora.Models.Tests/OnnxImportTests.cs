@@ -8,7 +8,7 @@ public sealed class OnnxImportTests
     private static string WriteOnnx(BertModel model, TinyOnnxExport export)
     {
         string dir = TestData.NewTempDirectory();
-        File.WriteAllBytes(Path.Combine(dir, "model.onnx"), export.Build(model));
+        File.WriteAllBytes(Path.Combine(dir, "model.onnx"), export.Build(model, dir));
         File.WriteAllLines(Path.Combine(dir, "vocab.txt"), TestData.TinyVocab);
         return dir;
     }
@@ -91,6 +91,16 @@ public sealed class OnnxImportTests
         string dir = WriteOnnx(model, new TinyOnnxExport { UnnamedBiases = ["encoder.layer.1.attention.self.key.bias"] });
         var e = Assert.ThrowsExactly<InvalidDataException>(() => Load(dir));
         StringAssert.Contains(e.Message, "Missing (2): encoder.layer.1.attention.self.key.bias, encoder.layer.1.attention.self.key.weight");
+    }
+
+    [TestMethod]
+    public void Import_ExternalData_ReadsTensorFromSideFile()
+    {
+        using var model = TestData.TinyModel(seed: 56);
+        string dir = WriteOnnx(model, new TinyOnnxExport { ExternalWordEmbeddings = "weights.bin" });
+        Assert.IsTrue(File.Exists(Path.Combine(dir, "weights.bin")));
+        using var loaded = Load(dir);
+        Assert.AreEqual(WeightsFingerprint.Compute(model.BaseStateDict()), loaded.WeightsSha256);
     }
 
     [TestMethod]

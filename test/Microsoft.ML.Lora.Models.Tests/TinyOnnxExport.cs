@@ -19,11 +19,12 @@ internal sealed class TinyOnnxExport
     public bool ConstantShapeTensor { get; init; }
     public string Prefix { get; init; } = "";
     public HashSet<string> UnnamedBiases { get; init; } = [];
+    public string? ExternalWordEmbeddings { get; init; }
 
     private readonly GraphProto graph = new();
     private int counter;
 
-    public byte[] Build(BertModel model)
+    public byte[] Build(BertModel model, string directory)
     {
         var sd = model.state_dict();
         var c = model.Config;
@@ -34,7 +35,20 @@ internal sealed class TinyOnnxExport
             if (!key.EndsWith(".weight", StringComparison.Ordinal) || key.Contains("embeddings", StringComparison.Ordinal) || key.Contains("LayerNorm", StringComparison.Ordinal))
             {
                 string name = UnnamedBiases.Contains(key) ? "unnamed_" + key.GetHashCode(StringComparison.Ordinal) : Prefix + key;
-                graph.Initializer.Add(Tensor(name, t));
+                var proto = Tensor(name, t);
+                if (ExternalWordEmbeddings is not null && key == "embeddings.word_embeddings.weight")
+                {
+                    // 16 bytes of junk first, so the offset is exercised.
+                    byte[] data = [.. new byte[16], .. proto.RawData.ToByteArray()];
+                    File.WriteAllBytes(Path.Combine(directory, ExternalWordEmbeddings), data);
+                    proto.RawData = ByteString.Empty;
+                    proto.DataLocation = 1;
+                    proto.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = ExternalWordEmbeddings });
+                    proto.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = "16" });
+                    proto.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = (data.Length - 16).ToString(System.Globalization.CultureInfo.InvariantCulture) });
+                }
+
+                graph.Initializer.Add(proto);
             }
         }
 
