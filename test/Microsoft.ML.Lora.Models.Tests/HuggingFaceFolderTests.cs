@@ -164,6 +164,24 @@ public sealed class HuggingFaceFolderTests
     }
 
     [TestMethod]
+    public void Load_TokenizerJsonOnly_UsesItsVocabularyAndNormalizer()
+    {
+        using var model = TestData.TinyModel(seed: 57);
+        string dir = TestData.SaveTinyFolder(model);
+        File.Delete(Path.Combine(dir, "vocab.txt"));
+        var vocab = TestData.TinyVocab.Select((token, id) => (token, id)).Reverse().ToDictionary(p => p.token, p => p.id);
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), JsonSerializer.Serialize(new
+        {
+            normalizer = new { type = "BertNormalizer", lowercase = true, strip_accents = (bool?)null },
+            model = new { type = "WordPiece", unk_token = "[UNK]", vocab },
+        }));
+        using var loaded = PretrainedModel.FromHuggingFaceFolder(dir).Load();
+        Assert.IsTrue(loaded.Tokenizer.LowerCase);
+        Assert.IsTrue(loaded.Tokenizer.StripAccents);
+        CollectionAssert.AreEqual(new long[] { 2, 10, 11, 3 }, loaded.Tokenizer.Encode(["Héllo WORLD"], null, 8).InputIds);
+    }
+
+    [TestMethod]
     public void WeightsFingerprint_FollowsItsDocumentedDefinition()
     {
         using var a = tensor(new float[] { 1.5f, -2f }, [1, 2]);
