@@ -114,11 +114,11 @@ public sealed class MiniLmTests
 
             var ours = TestData.ToArray(hidden);
             var pooler = TestData.ToArray(loaded.Model.PoolerOutput(hidden));
+            maxPooler = Math.Max(maxPooler, pooler.Zip(ortPooler, (x, y) => (double)Math.Abs(x - y)).Max());
             for (int i = 0; i < ours.Length; i++)
             {
-                int token = i / 384;
                 double d = Math.Abs(ours[i] - ortHidden[i]);
-                if (batch.AttentionMask[token] == 1)
+                if (batch.AttentionMask[i / 384] == 1)
                 {
                     maxReal = Math.Max(maxReal, d);
                 }
@@ -129,7 +129,6 @@ public sealed class MiniLmTests
 
                 maxAbs = Math.Max(maxAbs, Math.Abs(ortHidden[i]));
             }
-            maxPooler = Math.Max(maxPooler, pooler.Zip(ortPooler, (a, b) => (double)Math.Abs(a - b)).Max());
 
             var ortTensor = tensor(ortHidden, [batch.BatchSize, batch.SequenceLength, 384]);
             var a = Pooling.Pool(hidden, mask, PoolingMode.Mean, normalize: true);
@@ -149,9 +148,11 @@ public sealed class MiniLmTests
         Assert.IsTrue(maxPooler <= 1e-4, $"max |Δ| pooler output = {maxPooler}");
         Assert.IsTrue(minCosine >= 0.99999, $"min cosine = {minCosine}");
 
-        // Padding positions are masked out of every key and of pooling, so their states are never used; rounding is
-        // amplified there (measured ~2e-4 with ONNX Runtime optimisations on or off), so they get a looser bound.
-        Assert.IsTrue(maxPad <= 1e-3, $"max |Δ| last hidden state at padding positions = {maxPad}");
+        // Padding positions are masked out of every key and of pooling, so their states are never used. Rounding is
+        // amplified there where their attention is degenerate: rows of 2-3 real tokens ("" is [CLS] [SEP]) and pads
+        // hundreds of positions past the text (measured up to 2e-4, the same with ONNX Runtime graph optimisations
+        // off; ~2e-6 in ordinary rows). A looser bound for them.
+        Assert.IsTrue(maxPad <= 1e-3, $"max |Δ| at padding positions = {maxPad}");
     }
 
     [TestMethod]
