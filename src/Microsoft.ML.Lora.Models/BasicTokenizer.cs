@@ -26,7 +26,48 @@ internal sealed class BasicTokenizer
     }
 
     /// <summary>The words of <paramref name="text"/>, produced lazily (so a caller can stop early on very long text).</summary>
+    /// <remarks>Special tokens (e.g. <c>[SEP]</c>) are recognised anywhere in the raw text, as the fast tokenizers'
+    /// added tokens are, and split the text around them.</remarks>
     public IEnumerable<string> Words(string text)
+    {
+        int start = 0;
+        while (start < text.Length)
+        {
+            var (index, special) = NextSpecial(text, start);
+            int end = index < 0 ? text.Length : index;
+            foreach (var w in SegmentWords(text[start..end]))
+            {
+                yield return w;
+            }
+
+            if (index < 0)
+            {
+                yield break;
+            }
+
+            yield return special!;
+            start = index + special!.Length;
+        }
+    }
+
+    private (int Index, string? Token) NextSpecial(string text, int start)
+    {
+        int best = -1;
+        string? token = null;
+        foreach (string candidate in neverSplit)
+        {
+            int i = text.IndexOf(candidate, start, StringComparison.Ordinal);
+            if (i >= 0 && (best < 0 || i < best || (i == best && candidate.Length > token!.Length)))
+            {
+                best = i;
+                token = candidate;
+            }
+        }
+
+        return (best, token);
+    }
+
+    private IEnumerable<string> SegmentWords(string text)
     {
         var word = new StringBuilder();
         foreach (var rune in Clean(text))
@@ -72,7 +113,7 @@ internal sealed class BasicTokenizer
 
         if (lowerCase)
         {
-            token = token.ToLowerInvariant();
+            token = ToLowerFull(token);
         }
 
         if (stripAccents)
@@ -82,6 +123,15 @@ internal sealed class BasicTokenizer
 
         return SplitOnPunctuation(token);
     }
+
+    /// <summary>
+    /// Lower-cases character by character as Hugging Face tokenizers do (Rust's <c>char::to_lowercase</c>): as .NET's
+    /// invariant mapping, except that U+0130 (İ) becomes "i\u0307" (so accent stripping leaves "i"). No final-sigma rule.
+    /// </summary>
+    private static string ToLowerFull(string token) =>
+        token.Contains('\u0130', StringComparison.Ordinal)
+            ? token.Replace("\u0130", "i\u0307", StringComparison.Ordinal).ToLowerInvariant()
+            : token.ToLowerInvariant();
 
     private static string StripAccents(string token)
     {

@@ -9,8 +9,10 @@ namespace Microsoft.ML.Lora.Models;
 /// producing padded batches of <c>[CLS] a [SEP]</c> or <c>[CLS] a [SEP] b [SEP]</c> rows.
 /// </summary>
 /// <remarks>
-/// Text is prepared with Hugging Face's BasicTokenizer rules (the library's own basic step drops symbols and
-/// new lines), then split into WordPiece tokens by the library. Defined behaviour on awkward text (tested): empty or
+/// Text is prepared with Hugging Face's BERT normalizer and pre-tokenizer rules (the library's own basic step drops
+/// symbols and new lines), then split into WordPiece tokens by the library; the result equals Hugging Face
+/// tokenizers' (BertTokenizerFast) ids, truncation included, on a tested reference set. Special tokens such as
+/// <c>[SEP]</c> are recognised anywhere in the text. Defined behaviour on awkward text (tested): empty or
 /// whitespace-only text gives no word pieces (the row is <c>[CLS] [SEP]</c>); control and format characters (Cc, Cf),
 /// NUL, U+FFFD and unpaired surrogates are removed; tab, CR and LF separate words; ASCII symbols and punctuation
 /// are tokens of their own; a character outside the Basic Multilingual Plane (e.g. an emoji) is never split into

