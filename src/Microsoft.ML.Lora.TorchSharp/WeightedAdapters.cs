@@ -75,6 +75,14 @@ internal static class WeightedAdapters
                     $"combination_type \"{kind}\" cannot keep that structure. Use \"linear\".", nameof(combination_type));
             }
 
+            var present = adapters.Where(layer.HasAdapter).ToList();
+            if (kind == "linear" && present.Select(a => layer.get_rank(a)).Distinct().Count() != 1)
+            {
+                throw new ArgumentException(
+                    $"combination_type \"linear\" needs equal ranks in every layer; layer '{path}' has ranks " +
+                    $"[{string.Join(", ", present.Select(a => $"{a}: {layer.get_rank(a)}"))}] (rank_pattern?). Use \"cat\" or \"svd\".", nameof(adapters));
+            }
+
             if (kind == "svd" && newRank > Math.Min(layer.get_lora_B(adapters.First(layer.HasAdapter)).shape[0], FlatA(layer.get_lora_A(adapters.First(layer.HasAdapter))).shape[1]))
             {
                 throw new ArgumentOutOfRangeException(nameof(svd_rank), newRank, $"svd_rank exceeds the size of layer '{path}'.");

@@ -380,6 +380,31 @@ public sealed class PeftAdapterTests
         }
     }
 
+    [TestMethod]
+    public void Load_IntoLayersAlreadyHoldingTheAdapter_FillsThemOrRefusesOtherRank()
+    {
+        using var scope = NewDisposeScope();
+        var model = MiniBert.Create(50);
+        var config = PeftAdapter.ReadConfig(Peft020Config, log: _ => { });
+        lora.inject_adapter_in_model(config, model); // same layers, ranks and scalings as the file
+        var dir = WriteHandAdapter(Peft020Config, HandTensors());
+        try
+        {
+            PeftAdapter.Load(model, dir, log: _ => { });
+            var expectedB = HandTensors().Single(t => t.key == $"base_model.model.{V1}.lora_B.weight").data;
+            CollectionAssert.AreEqual(expectedB, ((LoraLayer)model.Module(V1)).lora_B!.data<float>().ToArray(), "filled in place");
+
+            var other = MiniBert.Create(50);
+            lora.inject_adapter_in_model(new LoraConfig { r = 3, target_modules = ["query", "value"] }, other);
+            var e = Assert.ThrowsExactly<ArgumentException>(() => PeftAdapter.Load(other, dir, log: _ => { }));
+            StringAssert.Contains(e.Message, "rank 3");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     private static void AssertShape(JsonElement root, string key, params long[] shape)
     {
         Assert.IsTrue(root.TryGetProperty(key, out var entry), $"missing key {key}");

@@ -15,6 +15,12 @@ namespace Microsoft.ML.Lora.Modules;
 /// <para>The factors that were merged are remembered, so new values written into <c>lora_A</c>/<c>lora_B</c> while the
 /// layer is merged (for example by <c>load_state_dict</c>) are noticed by the next forward, which re-merges them:
 /// loading adapter weights into a merged layer gives the same model as loading them unmerged (loralib #190).</para>
+/// <para>Named adapters (PEFT semantics): the adapter "default" keeps the loralib parameters <c>lora_A</c>/<c>lora_B</c>
+/// (state_dict keys <c>&lt;path&gt;.lora_A</c>); any other adapter <c>n</c> lives in the child module
+/// <c>lora_adapters.n</c> (keys <c>&lt;path&gt;.lora_adapters.n.lora_A</c>). Forward adds the updates of all
+/// <see cref="active_adapters"/>, each with its own rank, scaling and dropout. <see cref="r"/>, <see cref="scaling"/>,
+/// <see cref="lora_A"/>, <see cref="lora_B"/> describe "default"; <c>get_lora_A(name)</c> etc. reach the others.
+/// Model-level operations live on <see cref="lora"/> (<c>add_adapter</c>, <c>set_adapter</c>, …).</para>
 /// </remarks>
 public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
 {
