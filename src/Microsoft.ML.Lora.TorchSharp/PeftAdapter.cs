@@ -13,7 +13,8 @@ namespace Microsoft.ML.Lora;
 /// <c>.lora_B.weight</c> (out × r) for Linear; <c>.lora_embedding_A</c> (r × num_embeddings) and <c>.lora_embedding_B</c>
 /// (dim × r) for Embedding; <c>.lora_A.weight</c> (r × in × k…) and <c>.lora_B.weight</c> (out × r × 1…) for convolutions;
 /// <see cref="LoraConfig.modules_to_save"/> and saved biases as <c>base_model.model.&lt;path&gt;.weight</c>/<c>.bias</c>.
-/// Metadata <c>{"format": "pt"}</c>. The adapter name is not part of the keys.</para>
+/// Metadata <c>{"format": "pt"}</c>. The adapter name is not part of the keys. <see cref="Load"/> also accepts keys without
+/// the <c>base_model.model.</c> prefix, as transformers' built-in PEFT integration writes them.</para>
 /// <para>An adapter named other than "default" lives in the sub-folder <c>&lt;directory&gt;/&lt;adapterName&gt;</c>, as PEFT's
 /// <c>save_pretrained</c> writes it.</para>
 /// <para><see cref="LoraConfig.modules_to_save"/> modules are shared by all adapters here (PEFT keeps a copy per adapter):
@@ -175,12 +176,9 @@ public static class PeftAdapter
         var others = new List<string>();
         foreach (var key in tensors.Keys.OrderBy(k => k, StringComparer.Ordinal))
         {
-            if (!key.StartsWith(Prefix, StringComparison.Ordinal))
-            {
-                throw new ArgumentException($"{weightsPath}: key '{key}' does not start with '{Prefix}'.", DirectoryParam);
-            }
-
-            var rest = key[Prefix.Length..];
+            // PeftModel.save_pretrained prefixes keys with "base_model.model."; transformers' own PEFT integration
+            // (model.add_adapter / save_pretrained, used by sentence-transformers) writes bare module paths.
+            var rest = StripPrefix(key);
             var (path, isA) = SplitFactorKey(rest);
             if (path is null)
             {
@@ -190,6 +188,19 @@ public static class PeftAdapter
 
             factors.TryGetValue(path, out var pair);
             factors[path] = isA ? (key, pair.bKey) : (pair.aKey, key);
+        }
+
+        // PEFT tolerates modules_to_save entries the model lacks (e.g. "score" next to "classifier" for SEQ_CLS).
+        if (config.modules_to_save is { Count: > 0 } saveList)
+        {
+            var paths = model.named_modules().Select(m => m.name).Where(n => n.Length > 0).ToList();
+            var kept = saveList.Where(w => paths.Any(p => LoraInjector.NameMatches(p, w))).ToList();
+            foreach (var dropped in saveList.Except(kept))
+            {
+                log($"{weightsPath}: modules_to_save entry '{dropped}' matches no module of the model; ignored.");
+            }
+
+            config.modules_to_save = kept.Count > 0 ? kept : null;
         }
 
         var snapshot = ModelSnapshot.Take(model);
@@ -258,7 +269,7 @@ public static class PeftAdapter
             var extras = ExtraNames(model, config, layers.Keys.ToList());
             foreach (var key in others)
             {
-                var name = key[Prefix.Length..];
+                var name = StripPrefix(key);
                 if (!extras.Contains(name) || !state.TryGetValue(name, out var target))
                 {
                     throw new ArgumentException(
@@ -323,6 +334,9 @@ public static class PeftAdapter
 
         return (null, false);
     }
+
+    private static string StripPrefix(string key) =>
+        key.StartsWith(Prefix, StringComparison.Ordinal) ? key[Prefix.Length..] : key;
 
     private static (string a, string b) FactorKeys(Modules.LoraLayer layer) => layer is Modules.Embedding
         ? ("lora_embedding_A", "lora_embedding_B")

@@ -405,6 +405,35 @@ public sealed class PeftAdapterTests
         }
     }
 
+    [TestMethod]
+    public void Load_TransformersStyleKeysAndSeqClsModulesToSave_LoadsClassifierAndIgnoresMissingScore()
+    {
+        using var scope = NewDisposeScope();
+        var model = MiniBert.Create(51);
+        var config = "{\"peft_type\": \"LORA\", \"r\": 1, \"lora_alpha\": 1, \"target_modules\": [\"query\"], " +
+            "\"modules_to_save\": [\"classifier\", \"score\"], \"task_type\": \"SEQ_CLS\"}";
+        var classifierWeight = PeftFiles.Values(8, 4);
+        var dir = WriteHandAdapter(config,
+            ($"{Q0}.lora_A.weight", [1, 4], PeftFiles.Values(4, 1)), ($"{Q0}.lora_B.weight", [4, 1], PeftFiles.Values(4, 2)),
+            ($"{Q1}.lora_A.weight", [1, 4], PeftFiles.Values(4, 3)), ($"{Q1}.lora_B.weight", [4, 1], PeftFiles.Values(4, 5)),
+            ("base_model.model.classifier.weight", [2, 4], classifierWeight), ("base_model.model.classifier.bias", [2], [0.25f, -0.5f]));
+        var log = new List<string>();
+        try
+        {
+            PeftAdapter.Load(model, dir, log: log.Add);
+            CollectionAssert.AreEqual(PeftFiles.Values(4, 5), ((LoraLayer)model.Module(Q1)).lora_B!.data<float>().ToArray(), "bare key path");
+            var classifier = model.Module("classifier");
+            CollectionAssert.AreEqual(classifierWeight, classifier.named_parameters().Single(p => p.name == "weight").parameter.data<float>().ToArray());
+            CollectionAssert.AreEqual(new[] { 0.25f, -0.5f }, classifier.named_parameters().Single(p => p.name == "bias").parameter.data<float>().ToArray());
+            Assert.IsTrue(classifier.parameters().All(p => p.requires_grad), "modules_to_save train");
+            Assert.IsTrue(log.Any(l => l.Contains("'score'", StringComparison.Ordinal)), string.Join(" | ", log));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     private static void AssertShape(JsonElement root, string key, params long[] shape)
     {
         Assert.IsTrue(root.TryGetProperty(key, out var entry), $"missing key {key}");
