@@ -12,7 +12,8 @@ namespace Microsoft.ML.Lora;
 /// <para>File layout (PEFT 0.20): tensors <c>base_model.model.&lt;module path&gt;.lora_A.weight</c> (r × in) and
 /// <c>.lora_B.weight</c> (out × r) for Linear; <c>.lora_embedding_A</c> (r × num_embeddings) and <c>.lora_embedding_B</c>
 /// (dim × r) for Embedding; <c>.lora_A.weight</c> (r × in × k…) and <c>.lora_B.weight</c> (out × r × 1…) for convolutions;
-/// <see cref="LoraConfig.modules_to_save"/> and saved biases as <c>base_model.model.&lt;path&gt;.weight</c>/<c>.bias</c>.
+/// <see cref="LoraConfig.modules_to_save"/> and saved biases as <c>base_model.model.&lt;path&gt;.weight</c>/<c>.bias</c>
+/// (the bias of an adapted module as <c>&lt;path&gt;.base_layer.bias</c>, where PEFT keeps it).
 /// Metadata <c>{"format": "pt"}</c>. The adapter name is not part of the keys. <see cref="Load"/> also accepts keys without
 /// the <c>base_model.model.</c> prefix, as transformers' built-in PEFT integration writes them.</para>
 /// <para>An adapter named other than "default" lives in the sub-folder <c>&lt;directory&gt;/&lt;adapterName&gt;</c>, as PEFT's
@@ -78,9 +79,12 @@ public static class PeftAdapter
             tensors[Prefix + Join(path, bKey)] = layer.get_lora_B(adapterName);
         }
 
+        var layerPaths = lora.LoraLayers(model).Select(l => l.path).ToHashSet(StringComparer.Ordinal);
         foreach (var (name, tensor) in ExtraTensors(model, config, layers))
         {
-            tensors[Prefix + name] = tensor;
+            // PEFT wraps an adapted module, so its bias is "<path>.base_layer.bias" there.
+            var owner = name.EndsWith(".bias", StringComparison.Ordinal) ? name[..^5] : null;
+            tensors[Prefix + (owner is not null && layerPaths.Contains(owner) ? owner + ".base_layer.bias" : name)] = tensor;
         }
 
         var folder = adapterName == lora.DEFAULT_ADAPTER ? directory : Path.Combine(directory, adapterName);
@@ -269,7 +273,7 @@ public static class PeftAdapter
             var extras = ExtraNames(model, config, layers.Keys.ToList());
             foreach (var key in others)
             {
-                var name = StripPrefix(key);
+                var name = StripPrefix(key).Replace(".base_layer.", ".", StringComparison.Ordinal);
                 if (!extras.Contains(name) || !state.TryGetValue(name, out var target))
                 {
                     throw new ArgumentException(

@@ -434,6 +434,39 @@ public sealed class PeftAdapterTests
         }
     }
 
+    [TestMethod]
+    public void SaveLoad_BiasAll_AdaptedBiasesUnderBaseLayerAsPeftAndRestored()
+    {
+        using var scope = NewDisposeScope();
+        var model = MiniBert.Create(52);
+        lora.inject_adapter_in_model(new LoraConfig { r = 2, target_modules = ["query"], bias = "all" }, model);
+        var q0 = (LoraLayer)model.Module(Q0);
+        using (no_grad())
+        {
+            q0.bias!.add_(1.0f); // a trained bias
+        }
+
+        var expected = q0.bias!.detach().clone();
+        var dir = PeftFiles.TempDir();
+        try
+        {
+            PeftAdapter.Save(model, dir);
+            using (var header = PeftFiles.ReadHeader(Path.Combine(dir, "adapter_model.safetensors")))
+            {
+                Assert.IsTrue(header.RootElement.TryGetProperty($"base_model.model.{Q0}.base_layer.bias", out _), "adapted module's bias");
+                Assert.IsTrue(header.RootElement.TryGetProperty("base_model.model.encoder.layer.0.attention.self.key.bias", out _), "other biases");
+            }
+
+            var fresh = MiniBert.Create(52);
+            PeftAdapter.Load(fresh, dir, log: _ => { });
+            AssertExactlyEqual(((LoraLayer)fresh.Module(Q0)).bias!, expected, "bias restored");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     private static void AssertShape(JsonElement root, string key, params long[] shape)
     {
         Assert.IsTrue(root.TryGetProperty(key, out var entry), $"missing key {key}");
