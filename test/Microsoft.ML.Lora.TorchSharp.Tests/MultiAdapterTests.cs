@@ -192,6 +192,39 @@ public sealed class MultiAdapterTests
     }
 
     [TestMethod]
+    public void DeleteAdapter_Default_LoralibKeysGoneOtherAdapterStays()
+    {
+        using var scope = NewDisposeScope();
+        var model = MiniBert.Create(73);
+        lora.inject_adapter_in_model(new LoraConfig { r = 2, target_modules = ["query"] }, model);
+        lora.add_adapter(model, "x", new LoraConfig { r = 2, target_modules = ["query"] });
+        var q = (LoraLayer)model.Module(Q0);
+        Randomize(q.get_lora_B("x"));
+        lora.set_adapter(model, "x");
+        var expected = model.forward(MiniBert.Ids()).detach();
+        lora.delete_adapter(model, "default");
+        Assert.IsFalse(model.state_dict().ContainsKey(Q0 + ".lora_A"));
+        Assert.IsNull(q.lora_A);
+        Assert.AreEqual(0, q.r);
+        Assert.IsTrue(model.state_dict().ContainsKey(Q0 + ".lora_adapters.x.lora_A"));
+        AssertExactlyEqual(model.forward(MiniBert.Ids()), expected, "x still applies");
+    }
+
+    [TestMethod]
+    public void Backward_ActiveAdapterOnly_GetsGradients()
+    {
+        using var scope = NewDisposeScope();
+        var model = TwoAdapters(74);
+        lora.set_adapter(model, "b");
+        model.forward(MiniBert.Ids()).pow(2).sum().backward();
+        var q = (LoraLayer)model.Module(Q0);
+        Assert.IsNotNull(q.get_lora_B("b").grad);
+        Assert.IsTrue(q.get_lora_A("b").grad!.abs().sum().item<float>() > 0, "A of the active adapter learns (B ≠ 0)");
+        Assert.IsNull(q.get_lora_A("a").grad, "inactive adapter: no gradient");
+        Assert.IsNull(q.weight.grad, "base weight frozen");
+    }
+
+    [TestMethod]
     public void WeightedAdapter_Cat_DeltaIsWeightedSumOfDeltas()
     {
         using var scope = NewDisposeScope();
