@@ -339,6 +339,9 @@ internal static class LoraInjector
         private readonly bool _allLinear;
         private readonly IList<string> _exclude;
         private readonly IList<string> _save;
+        private Regex? _excludeRegex;
+        private IList<int>? _layers;
+        private IList<string>? _layersPattern;
 
         private TargetMatcher(Regex? regex, IList<string> names, bool allLinear, IList<string> exclude, IList<string> save, string description)
         {
@@ -368,7 +371,15 @@ internal static class LoraInjector
                     throw new ArgumentException($"target_modules_regex is not a valid regular expression: {e.Message}", nameof(config), e);
                 }
 
-                return new TargetMatcher(regex, [], false, exclude, save, $"(regex \"{config.target_modules_regex}\")");
+                if (config.layers_to_transform is not null)
+                {
+                    throw new ArgumentException("layers_to_transform cannot be used with target_modules_regex (as in PEFT).", nameof(config));
+                }
+
+                return new TargetMatcher(regex, [], false, exclude, save, $"(regex \"{config.target_modules_regex}\")")
+                {
+                    _excludeRegex = ExcludeRegex(config),
+                };
             }
 
             var names = config.target_modules;
@@ -378,12 +389,63 @@ internal static class LoraInjector
             }
 
             var allLinear = names.Count == 1 && string.Equals(names[0], LoraConfig.AllLinear, StringComparison.OrdinalIgnoreCase);
-            return new TargetMatcher(null, names, allLinear, exclude, save, "[" + string.Join(", ", names) + "]");
+            return new TargetMatcher(null, names, allLinear, exclude, save, "[" + string.Join(", ", names) + "]")
+            {
+                _excludeRegex = ExcludeRegex(config),
+                _layers = config.layers_to_transform,
+                _layersPattern = config.layers_pattern,
+            };
+        }
+
+        private static Regex? ExcludeRegex(LoraConfig config)
+        {
+            if (string.IsNullOrEmpty(config.exclude_modules_regex))
+            {
+                return null;
+            }
+
+            try
+            {
+                return new Regex($"^(?:{config.exclude_modules_regex})$", RegexOptions.CultureInvariant);
+            }
+            catch (ArgumentException e)
+            {
+                throw new ArgumentException($"exclude_modules_regex is not a valid regular expression: {e.Message}", nameof(config), e);
+            }
+        }
+
+        /// <summary>PEFT's layer filter: the index after the last <c>.&lt;pattern&gt;.</c> (any name without a pattern) must be listed.</summary>
+        private bool InSelectedLayer(string path)
+        {
+            if (_layers is null)
+            {
+                return true;
+            }
+
+            Match? match = null;
+            if (_layersPattern is null || _layersPattern.Count == 0)
+            {
+                match = Regex.Match(path, @"^.*\.[^.]*\.(\d+)\.", RegexOptions.CultureInvariant);
+            }
+            else
+            {
+                foreach (var pattern in _layersPattern)
+                {
+                    match = Regex.Match(path, $@"^.*\.{pattern}\.(\d+)\.", RegexOptions.CultureInvariant);
+                    if (match.Success)
+                    {
+                        break;
+                    }
+                }
+            }
+
+            return match is { Success: true } && int.TryParse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture, out var index)
+                && _layers.Contains(index);
         }
 
         public bool IsTarget(string path, nn.Module module)
         {
-            if (path.Length == 0 || _exclude.Any(e => NameMatches(path, e)))
+            if (path.Length == 0 || _exclude.Any(e => NameMatches(path, e)) || (_excludeRegex?.IsMatch(path) ?? false))
             {
                 return false;
             }
@@ -391,11 +453,17 @@ internal static class LoraInjector
             if (_allLinear)
             {
                 var last = path[(path.LastIndexOf('.') + 1)..];
-                return module is TorchModules.Linear or Modules.Linear && !OutputHeadNames.Contains(last) && !_save.Any(s => NameMatches(path, s));
+                return module is TorchModules.Linear or Modules.Linear && !OutputHeadNames.Contains(last) && !_save.Any(s => NameMatches(path, s))
+                    && InSelectedLayer(path);
             }
 
-            var matched = _regex is not null ? _regex.IsMatch(path) : _names.Any(n => NameMatches(path, n));
-            return matched;
+            if (_regex is not null)
+            {
+                return _regex.IsMatch(path);
+            }
+
+            // As PEFT: an exact path is always a target; a suffix match is subject to layers_to_transform.
+            return _names.Contains(path) || (_names.Any(n => NameMatches(path, n)) && InSelectedLayer(path));
         }
     }
 }

@@ -112,7 +112,7 @@ public static class PeftAdapter
     /// <param name="log">Receives notes (ignored config keys, adapter layers missing from the file); default standard error.</param>
     /// <returns>Paths of the modules whose factors were loaded.</returns>
     /// <exception cref="FileNotFoundException">A file of the adapter directory is missing.</exception>
-    /// <exception cref="ArgumentException">The config cannot be honoured (DoRA, PiSSA-style inits, layers_to_transform, …), a
+    /// <exception cref="ArgumentException">The config cannot be honoured (DoRA, PiSSA-style inits, layer_replication, …), a
     /// tensor's shape differs from its layer's (the key and both shapes are named), or a key matches no module.</exception>
     public static IReadOnlyList<string> Load(nn.Module model, string directory, string adapterName = lora.DEFAULT_ADAPTER,
         Action<string>? log = null)
@@ -155,8 +155,8 @@ public static class PeftAdapter
     /// <param name="log">Receives one line per ignored unknown key; default standard error.</param>
     /// <returns>The config.</returns>
     /// <exception cref="ArgumentException">peft_type is missing or not LORA, a value has the wrong type, or a setting cannot be
-    /// honoured: use_dora, lora_bias, use_qalora, init_lora_weights pissa/olora/loftq/corda, layers_to_transform,
-    /// layer_replication, target_parameters, trainable_token_indices, a regex exclude_modules, null target_modules.</exception>
+    /// honoured: use_dora, lora_bias, use_qalora, init_lora_weights pissa/olora/loftq/corda, layer_replication,
+    /// target_parameters, trainable_token_indices, alora_invocation_tokens, null target_modules.</exception>
     public static LoraConfig ReadConfig(string json, string source = ConfigFileName, Action<string>? log = null)
     {
         ArgumentNullException.ThrowIfNull(json);

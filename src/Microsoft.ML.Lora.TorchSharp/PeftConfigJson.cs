@@ -12,7 +12,7 @@ internal static class PeftConfigJson
     {
         "task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "peft_version",
         "megatron_config", "megatron_core", "loftq_config", "eva_config", "corda_config", "qalora_group_size",
-        "layers_pattern", "runtime_config", "ensure_weight_tying", "arrow_config", "lora_ga_config",
+        "runtime_config", "ensure_weight_tying", "arrow_config", "lora_ga_config",
     };
 
     private static readonly string[] RewritingInits = ["pissa", "olora", "loftq", "corda"];
@@ -25,12 +25,14 @@ internal static class PeftConfigJson
             ["auto_mapping"] = null,
             ["base_model_name_or_path"] = null,
             ["bias"] = config.bias,
-            ["exclude_modules"] = config.exclude_modules is null ? null : new JsonArray(config.exclude_modules.Select(m => (JsonNode?)m).ToArray()),
+            ["exclude_modules"] = !string.IsNullOrEmpty(config.exclude_modules_regex)
+                ? config.exclude_modules_regex
+                : config.exclude_modules is null ? null : new JsonArray(config.exclude_modules.Select(m => (JsonNode?)m).ToArray()),
             ["fan_in_fan_out"] = config.fan_in_fan_out,
             ["inference_mode"] = true,
             ["init_lora_weights"] = InitNode(config.init_lora_weights),
-            ["layers_pattern"] = null,
-            ["layers_to_transform"] = null,
+            ["layers_pattern"] = config.layers_pattern is null ? null : new JsonArray(config.layers_pattern.Select(m => (JsonNode?)m).ToArray()),
+            ["layers_to_transform"] = config.layers_to_transform is null ? null : new JsonArray(config.layers_to_transform.Select(m => (JsonNode?)m).ToArray()),
             ["lora_alpha"] = Number(config.lora_alpha),
             ["lora_bias"] = false,
             ["lora_dropout"] = config.lora_dropout,
@@ -104,10 +106,13 @@ internal static class PeftConfigJson
                 case "exclude_modules":
                     if (node is JsonValue v && v.TryGetValue<string>(out var excludeRegex))
                     {
-                        throw Bad(source, $"exclude_modules is the regular expression \"{excludeRegex}\"; only a list of module names is supported");
+                        config.exclude_modules_regex = excludeRegex;
+                    }
+                    else
+                    {
+                        config.exclude_modules = StringList(node, key, source);
                     }
 
-                    config.exclude_modules = StringList(node, key, source);
                     break;
                 case "modules_to_save":
                     config.modules_to_save = StringList(node, key, source);
@@ -145,12 +150,15 @@ internal static class PeftConfigJson
                     ReadInit(node, source, log);
                     break;
                 case "layers_to_transform":
-                    if (node is not null)
+                    config.layers_to_transform = node switch
                     {
-                        throw Bad(source,
-                            $"layers_to_transform is {node.ToJsonString()}: restricting LoRA to some layer indices is not supported; list the module paths in target_modules instead");
-                    }
-
+                        null => null,
+                        JsonArray list => list.Select(e => Int(e, key, source, 0)).ToList(),
+                        _ => [Int(node, key, source, 0)],
+                    };
+                    break;
+                case "layers_pattern":
+                    config.layers_pattern = node is JsonValue pv && pv.TryGetValue<string>(out var one) ? [one] : StringList(node, key, source);
                     break;
                 case "layer_replication":
                     Refuse(node is not null, source, "layer_replication is set: replicating base layers is not supported");

@@ -229,7 +229,7 @@ public sealed class PeftAdapterTests
     [DataRow("\"use_dora\": true", "use_dora")]
     [DataRow("\"init_lora_weights\": \"pissa\"", "pissa")]
     [DataRow("\"init_lora_weights\": \"olora\"", "olora")]
-    [DataRow("\"layers_to_transform\": [0]", "layers_to_transform")]
+    [DataRow("\"layer_replication\": [[0, 1]]", "layer_replication")]
     [DataRow("\"lora_bias\": true", "lora_bias")]
     [DataRow("\"peft_type\": \"IA3\"", "IA3")]
     public void Load_SettingThatCannotBeHonoured_RefusedNamingItAndModelUntouched(string setting, string named)
@@ -465,6 +465,26 @@ public sealed class PeftAdapterTests
         {
             Directory.Delete(dir, recursive: true);
         }
+    }
+
+    [TestMethod]
+    public void ReadConfig_LayersToTransformAndExcludeRegex_SelectModulesAsPeft()
+    {
+        using var scope = NewDisposeScope();
+        var config = PeftAdapter.ReadConfig(
+            "{\"peft_type\": \"LORA\", \"r\": 2, \"target_modules\": [\"query\", \"value\", \"encoder.layer.0.attention.output.dense\"], " +
+            "\"layers_to_transform\": [1], \"layers_pattern\": \"layer\", \"exclude_modules\": \".*layer\\\\.1\\\\..*value\"}", log: _ => { });
+        CollectionAssert.AreEqual(new[] { 1 }, config.layers_to_transform!.ToArray());
+        Assert.AreEqual(@".*layer\.1\..*value", config.exclude_modules_regex);
+        var model = MiniBert.Create(53);
+        var replaced = lora.inject_adapter_in_model(config, model);
+        // Suffix matches keep layer 1 only; the exact path of layer 0's output.dense is always a target; the regex drops layer 1's value.
+        CollectionAssert.AreEqual(new[] { "encoder.layer.0.attention.output.dense", Q1 }, replaced.ToArray());
+
+        var json = JsonDocument.Parse(PeftAdapter.WriteConfig(config)).RootElement;
+        Assert.AreEqual(1, json.GetProperty("layers_to_transform")[0].GetInt32());
+        Assert.AreEqual("layer", json.GetProperty("layers_pattern")[0].GetString());
+        Assert.AreEqual(@".*layer\.1\..*value", json.GetProperty("exclude_modules").GetString());
     }
 
     private static void AssertShape(JsonElement root, string key, params long[] shape)
