@@ -291,6 +291,7 @@ public static class PeftAdapter
 
             using (torch.no_grad())
             {
+                using var scope = torch.NewDisposeScope();
                 foreach (var (target, key) in copies)
                 {
                     target.copy_(tensors[key].to(target.dtype).to(target.device));

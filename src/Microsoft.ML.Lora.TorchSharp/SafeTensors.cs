@@ -52,8 +52,12 @@ internal static class SafeTensors
                 throw new ArgumentException($"Tensor '{name}' has dtype {t.dtype}, which safetensors cannot store here.", nameof(tensors));
             }
 
-            using var cpu = t.detach().cpu().contiguous();
-            var bytes = cpu.bytes.ToArray();
+            byte[] bytes;
+            using (var scope = NewDisposeScope())
+            {
+                bytes = t.detach().cpu().contiguous().bytes.ToArray();
+            }
+
             blobs.Add(bytes);
             var shape = new JsonArray();
             foreach (var d in t.shape)
