@@ -56,7 +56,8 @@ public static partial class lora
 
     /// <summary>
     /// Makes <paramref name="adapter_names"/> the active adapters of every LoRA layer (PEFT's <c>set_adapter</c>); with several,
-    /// their updates are summed. Merged layers are unmerged first. Active factors get <c>requires_grad = true</c>, inactive ones false.
+    /// their updates are summed. Merged layers unmerge the old set and merge the new one. Active factors get
+    /// <c>requires_grad = true</c>, inactive ones false.
     /// </summary>
     /// <param name="model">The model.</param>
     /// <param name="adapter_names">One or more adapter names.</param>
@@ -130,7 +131,8 @@ public static partial class lora
     /// A scope in which each forward of <paramref name="model"/> is a mixed-adapter batch (PEFT's <c>adapter_names=</c>
     /// argument): row i (dimension 0 of every LoRA layer's input) gets only the update of adapter
     /// <paramref name="adapter_names"/>[i], or none for <see cref="BASE_ADAPTER_ROW"/>. The result equals running each row
-    /// with its adapter alone active. Adapters must not be merged (call <c>train()</c> or <c>unmerge()</c>).
+    /// with its adapter alone active. Merged layers are unmerged for the scope and merged again when it ends; merging
+    /// inside the scope (<c>eval()</c>, <c>merge()</c>) makes forward throw <see cref="InvalidOperationException"/>.
     /// </summary>
     /// <param name="model">The model.</param>
     /// <param name="adapter_names">One adapter name per batch row.</param>
@@ -143,8 +145,10 @@ public static partial class lora
         CheckExisting(model, adapter_names.Where(n => n != BASE_ADAPTER_ROW), nameof(adapter_names));
         var rows = adapter_names.ToArray();
         var layers = LoraLayers(model).Select(l => l.layer).ToList();
+        var wasMerged = layers.Where(l => l.merged).ToList();
         foreach (var layer in layers)
         {
+            layer.unmerge(); // rows differ in their adapters: no merged weight can serve them all
             layer.SetRowAdapters(rows);
         }
 
@@ -153,6 +157,11 @@ public static partial class lora
             foreach (var layer in layers)
             {
                 layer.SetRowAdapters(null);
+            }
+
+            foreach (var layer in wasMerged)
+            {
+                layer.merge();
             }
         });
     }

@@ -129,6 +129,30 @@ public sealed class MultiAdapterTests
     }
 
     [TestMethod]
+    public void MixedBatch_InEvalMode_UnmergesForTheScopeAndMergesAfter()
+    {
+        using var scope = NewDisposeScope();
+        var model = TwoAdapters(75);
+        model.eval(); // merges "a"
+        var q = (LoraLayer)model.Module(Q0);
+        var mergedOut = model.forward(MiniBert.Ids()).detach();
+        using (lora.adapter_names_scope(model, ["a", "a", "a"]))
+        {
+            Assert.IsFalse(q.merged);
+            // All rows on the active adapter: the merged model's output (float32 merge: relative 1e-5).
+            Assert.IsTrue(MaxRelativeDifference(model.forward(MiniBert.Ids()), mergedOut) < 1e-5);
+            q.merge();
+            Assert.ThrowsExactly<InvalidOperationException>(() => model.forward(MiniBert.Ids()));
+            q.unmerge();
+        }
+
+        Assert.IsTrue(q.merged, "merged again after the scope");
+        lora.set_adapter(model, "b");
+        Assert.IsTrue(q.merged, "set_adapter on a merged model merges the new active adapter");
+        Assert.IsTrue(MaxRelativeDifference(q.weight, q.get_delta_weight("b") + MiniBert.Create(75).named_parameters().Single(p => p.name == Q0 + ".weight").parameter) < 1e-5);
+    }
+
+    [TestMethod]
     public void DisableAdapter_Scope_BaseOnlyInsideAdaptersBackAfterAlsoWhenMerged()
     {
         using var scope = NewDisposeScope();

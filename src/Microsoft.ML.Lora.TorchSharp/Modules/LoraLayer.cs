@@ -439,10 +439,14 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         }
     }
 
-    /// <summary>Sets which adapters forward adds (names this layer lacks are kept and skipped). Unmerges first.</summary>
+    /// <summary>
+    /// Sets which adapters forward adds (names this layer lacks are kept and skipped). Unmerges first; a layer that was
+    /// merged merges the new active set again.
+    /// </summary>
     internal void SetActive(IReadOnlyList<string> names)
     {
-        if (merged)
+        var wasMerged = merged;
+        if (wasMerged)
         {
             unmerge();
         }
@@ -454,6 +458,11 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
             var (a, b) = Factors(slot);
             a.requires_grad = on;
             b.requires_grad = on;
+        }
+
+        if (wasMerged)
+        {
+            merge();
         }
     }
 
