@@ -33,6 +33,20 @@ public sealed class LoraConfig
     /// <summary>Module names (exact or dot-aligned suffix) never adapted, even if targeted.</summary>
     public IList<string>? exclude_modules { get; set; }
 
+    /// <summary>A regular expression; modules whose whole path matches it are never adapted (PEFT's string form of exclude_modules).</summary>
+    public string? exclude_modules_regex { get; set; }
+
+    /// <summary>
+    /// Layer indices to adapt (PEFT's <c>layers_to_transform</c>): a module found by a dot-aligned suffix of
+    /// <see cref="target_modules"/> is adapted only if its path holds <c>.&lt;pattern&gt;.&lt;index&gt;.</c> with the index in this
+    /// list (the last such segment; pattern from <see cref="layers_pattern"/>, or any name). Null (default): all layers.
+    /// Not allowed with <see cref="target_modules_regex"/>.
+    /// </summary>
+    public IList<int>? layers_to_transform { get; set; }
+
+    /// <summary>Names of the module lists that hold the layers (e.g. <c>layer</c>, <c>layers</c>, <c>h</c>), used with <see cref="layers_to_transform"/>.</summary>
+    public IList<string>? layers_pattern { get; set; }
+
     /// <summary>
     /// Per-module ranks: key is a pattern matched as <c>(.*\.)?(key)$</c> against the module path; the first matching key
     /// wins; unmatched modules use <see cref="r"/>.

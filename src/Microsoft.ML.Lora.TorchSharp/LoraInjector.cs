@@ -17,11 +17,14 @@ internal static class LoraInjector
         "lm_head", "classifier", "score", "qa_outputs",
     };
 
-    private static readonly FieldInfo RegistryField = typeof(nn.Module).GetField(
-        "_internal_submodules", BindingFlags.Instance | BindingFlags.NonPublic)
-        ?? throw new InvalidOperationException("This TorchSharp version has no Module._internal_submodules field.");
+    internal static IReadOnlyList<string> Inject(LoraConfig config, nn.Module model) =>
+        Inject(config, model, Modules.LoraLayer.DefaultAdapter, markTrainable: true);
 
-    internal static IReadOnlyList<string> Inject(LoraConfig config, nn.Module model)
+    /// <summary>
+    /// Gives adapter <paramref name="adapterName"/> to every module <paramref name="config"/> targets: plain modules are
+    /// replaced by LoRA layers, LoRA layers that lack the adapter get it, those that have it are left alone.
+    /// </summary>
+    internal static IReadOnlyList<string> Inject(LoraConfig config, nn.Module model, string adapterName, bool markTrainable)
     {
         if (config.r <= 0)
         {
@@ -40,34 +43,61 @@ internal static class LoraInjector
             byPath[path] = module;
         }
 
-        // Plan every swap first, so that a failure leaves the model untouched.
+        var loraPaths = modules.Where(m => m.module is Modules.LoraLayer).Select(m => m.name).ToList();
+        var modelActive = modules.Select(m => m.module).OfType<Modules.LoraLayer>().FirstOrDefault(l => l.adapter_names.Count > 0)?.active_adapters;
+
+        // Plan every change first, so that a failure leaves the model untouched.
         var plans = new List<(string path, Action apply)>();
+        var matched = 0;
         foreach (var (path, module) in modules)
         {
-            if (module is ILoraLayer || !matcher.IsTarget(path, module))
+            if (IsInsideLoraLayer(path, loraPaths) || (module is ILoraLayer && module is not Modules.LoraLayer) || !matcher.IsTarget(path, module))
             {
                 continue;
             }
 
+            matched++;
             var r = PatternValue(config.rank_pattern, path, config.r);
             var alpha = PatternValue(config.alpha_pattern, path, config.lora_alpha);
             LoraArguments.Check(r, alpha, config.lora_dropout);
             CheckSupported(module, path, r, config);
+            if (module is Modules.LoraLayer existing)
+            {
+                if (existing.HasAdapter(adapterName))
+                {
+                    continue;
+                }
+
+                plans.Add((path, () =>
+                {
+                    existing.AddAdapter(adapterName, r, alpha, config.lora_dropout, config.use_rslora, init, config);
+                    var on = existing.active_adapters.Contains(adapterName);
+                    existing.get_lora_A(adapterName).requires_grad = on;
+                    existing.get_lora_B(adapterName).requires_grad = on;
+                }));
+                continue;
+            }
+
             var split = path.LastIndexOf('.');
             var parent = byPath[split < 0 ? "" : path[..split]];
             var name = path[(split + 1)..];
-            var plan = PlanSwap(model, parent, name, module, path);
+            var plan = PlanSwap(parent, name, module, path, typeof(Modules.LoraLayer));
             plans.Add((path, () =>
             {
-                var replacement = CreateLayer(module, path, r, alpha, config, init);
+                var replacement = CreateLayer(module, path, r, alpha, config, init, adapterName);
                 replacement.train(module.training);
+                if (modelActive is not null)
+                {
+                    replacement.SetActive(modelActive);
+                }
+
                 plan(replacement);
             }));
         }
 
-        if (plans.Count == 0)
+        if (matched == 0)
         {
-            var available = string.Join(", ", modules.Select(m => m.name).Where(n => n.Length > 0));
+            var available = string.Join(", ", modules.Select(m => m.name).Where(n => n.Length > 0 && !IsInsideLoraLayer(n, loraPaths)));
             throw new ArgumentException(
                 $"No module of the model matches target_modules {matcher.Description}. Available module names: {available}.",
                 nameof(config));
@@ -79,7 +109,11 @@ internal static class LoraInjector
             apply();
         }
 
-        lora.mark_only_lora_as_trainable(model, bias);
+        if (markTrainable)
+        {
+            lora.mark_only_lora_as_trainable(model, bias);
+        }
+
         foreach (var module in saved)
         {
             foreach (var parameter in module.parameters())
@@ -91,16 +125,30 @@ internal static class LoraInjector
         return plans.Select(p => p.path).ToList();
     }
 
-    private static Modules.LoraLayer CreateLayer(nn.Module module, string path, int r, double alpha, LoraConfig config, LoraInitKind init)
+    /// <summary>True when <paramref name="path"/> is a child of one of the LoRA layers (their factor containers).</summary>
+    internal static bool IsInsideLoraLayer(string path, IReadOnlyList<string> loraPaths)
+    {
+        foreach (var lp in loraPaths)
+        {
+            if (path.Length > lp.Length && (lp.Length == 0 || (path.StartsWith(lp, StringComparison.Ordinal) && path[lp.Length] == '.')))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    private static Modules.LoraLayer CreateLayer(nn.Module module, string path, int r, double alpha, LoraConfig config, LoraInitKind init, string adapterName)
     {
         switch (module)
         {
             case TorchModules.Linear linear:
                 return new Modules.Linear(linear.weight, linear.bias, r, alpha, config.lora_dropout,
-                    fan_in_fan_out: false, config.merge_weights, config.use_rslora, init);
+                    fan_in_fan_out: false, config.merge_weights, config.use_rslora, init, adapterName, config);
             case TorchModules.Embedding embedding:
                 return new Modules.Embedding(embedding.weight!, r, alpha, config.merge_weights, padding_idx: null,
-                    config.use_rslora, init);
+                    config.use_rslora, init, adapterName, config);
             case TorchModules.Convolution conv when !conv.transposed:
                 var dims = conv.kernel_size.Length;
                 var stride = conv.stride;
@@ -109,11 +157,11 @@ internal static class LoraInjector
                 return dims switch
                 {
                     1 => new Modules.Conv1d(conv.weight, conv.bias, stride, padding, dilation, conv.groups, r, alpha,
-                        config.lora_dropout, config.merge_weights, config.use_rslora, init),
+                        config.lora_dropout, config.merge_weights, config.use_rslora, init, adapterName, config),
                     2 => new Modules.Conv2d(conv.weight, conv.bias, stride, padding, dilation, conv.groups, r, alpha,
-                        config.lora_dropout, config.merge_weights, config.use_rslora, init),
+                        config.lora_dropout, config.merge_weights, config.use_rslora, init, adapterName, config),
                     _ => new Modules.Conv3d(conv.weight, conv.bias, stride, padding, dilation, conv.groups, r, alpha,
-                        config.lora_dropout, config.merge_weights, config.use_rslora, init),
+                        config.lora_dropout, config.merge_weights, config.use_rslora, init, adapterName, config),
                 };
             default:
                 throw new ArgumentException(
@@ -125,6 +173,18 @@ internal static class LoraInjector
     /// <summary>Throws unless <paramref name="module"/> is a type LoRA can replace (checked before anything changes).</summary>
     private static void CheckSupported(nn.Module module, string path, int r, LoraConfig config)
     {
+        if (module is Modules.LoraConvNd loraConv && r % loraConv.groups != 0)
+        {
+            throw new ArgumentException(
+                $"Convolution '{path}' has groups = {loraConv.groups}; its rank ({r}) must be divisible by it (see rank_pattern).",
+                nameof(config));
+        }
+
+        if (module is Modules.LoraLayer)
+        {
+            return;
+        }
+
         if (module is not (TorchModules.Linear or TorchModules.Embedding or TorchModules.Convolution { transposed: false }))
         {
             throw new ArgumentException(
@@ -193,9 +253,9 @@ internal static class LoraInjector
     /// Finds where <paramref name="parent"/> keeps <paramref name="child"/> (registry, fields, Sequential/ModuleList lists)
     /// and returns the action that puts a replacement in all those places.
     /// </summary>
-    private static Action<nn.Module> PlanSwap(nn.Module model, nn.Module parent, string name, nn.Module child, string path)
+    internal static Action<nn.Module> PlanSwap(nn.Module parent, string name, nn.Module child, string path, Type replacementType, string paramName = "model")
     {
-        var registry = (OrderedDict<string, nn.Module>)RegistryField.GetValue(parent)!;
+        var registry = ModuleRegistry.Of(parent);
         var inRegistry = registry.TryGetValue(name, out var registered) && ReferenceEquals(registered, child);
         var setters = new List<Action<nn.Module>>();
 
@@ -206,12 +266,12 @@ internal static class LoraInjector
                 var value = field.GetValue(parent);
                 if (ReferenceEquals(value, child))
                 {
-                    if (!field.FieldType.IsAssignableFrom(typeof(Modules.LoraLayer)))
+                    if (!field.FieldType.IsAssignableFrom(replacementType))
                     {
                         throw new ArgumentException(
-                            $"Cannot inject LoRA into '{path}': {type.Name}.{field.Name} is declared as {field.FieldType.Name}. " +
+                            $"Cannot swap '{path}': {type.Name}.{field.Name} is declared as {field.FieldType.Name}. " +
                             "Declare it as Module<Tensor, Tensor> so that the LoRA layer can take its place.",
-                            nameof(model));
+                            paramName);
                     }
 
                     setters.Add(replacement => field.SetValue(parent, replacement));
@@ -225,10 +285,10 @@ internal static class LoraInjector
                     }
 
                     var elementType = list.GetType().IsGenericType ? list.GetType().GetGenericArguments()[0] : typeof(object);
-                    if (!elementType.IsAssignableFrom(typeof(Modules.LoraLayer)))
+                    if (!elementType.IsAssignableFrom(replacementType))
                     {
                         throw new ArgumentException(
-                            $"Cannot inject LoRA into '{path}': {type.Name}.{field.Name} holds {elementType.Name} items.", nameof(model));
+                            $"Cannot swap '{path}': {type.Name}.{field.Name} holds {elementType.Name} items.", paramName);
                     }
 
                     setters.Add(replacement => list[index] = replacement);
@@ -241,7 +301,7 @@ internal static class LoraInjector
             throw new ArgumentException(
                 $"Cannot inject LoRA into '{path}': {parent.GetType().Name} keeps it in no field that forward could read. " +
                 "Declare the sub-module as a field of type Module<Tensor, Tensor> named as the registered module.",
-                nameof(model));
+                paramName);
         }
 
         return replacement =>
@@ -279,6 +339,9 @@ internal static class LoraInjector
         private readonly bool _allLinear;
         private readonly IList<string> _exclude;
         private readonly IList<string> _save;
+        private Regex? _excludeRegex;
+        private IList<int>? _layers;
+        private IList<string>? _layersPattern;
 
         private TargetMatcher(Regex? regex, IList<string> names, bool allLinear, IList<string> exclude, IList<string> save, string description)
         {
@@ -308,7 +371,15 @@ internal static class LoraInjector
                     throw new ArgumentException($"target_modules_regex is not a valid regular expression: {e.Message}", nameof(config), e);
                 }
 
-                return new TargetMatcher(regex, [], false, exclude, save, $"(regex \"{config.target_modules_regex}\")");
+                if (config.layers_to_transform is not null)
+                {
+                    throw new ArgumentException("layers_to_transform cannot be used with target_modules_regex (as in PEFT).", nameof(config));
+                }
+
+                return new TargetMatcher(regex, [], false, exclude, save, $"(regex \"{config.target_modules_regex}\")")
+                {
+                    _excludeRegex = ExcludeRegex(config),
+                };
             }
 
             var names = config.target_modules;
@@ -318,12 +389,63 @@ internal static class LoraInjector
             }
 
             var allLinear = names.Count == 1 && string.Equals(names[0], LoraConfig.AllLinear, StringComparison.OrdinalIgnoreCase);
-            return new TargetMatcher(null, names, allLinear, exclude, save, "[" + string.Join(", ", names) + "]");
+            return new TargetMatcher(null, names, allLinear, exclude, save, "[" + string.Join(", ", names) + "]")
+            {
+                _excludeRegex = ExcludeRegex(config),
+                _layers = config.layers_to_transform,
+                _layersPattern = config.layers_pattern,
+            };
+        }
+
+        private static Regex? ExcludeRegex(LoraConfig config)
+        {
+            if (string.IsNullOrEmpty(config.exclude_modules_regex))
+            {
+                return null;
+            }
+
+            try
+            {
+                return new Regex($"^(?:{config.exclude_modules_regex})$", RegexOptions.CultureInvariant);
+            }
+            catch (ArgumentException e)
+            {
+                throw new ArgumentException($"exclude_modules_regex is not a valid regular expression: {e.Message}", nameof(config), e);
+            }
+        }
+
+        /// <summary>PEFT's layer filter: the index after the last <c>.&lt;pattern&gt;.</c> (any name without a pattern) must be listed.</summary>
+        private bool InSelectedLayer(string path)
+        {
+            if (_layers is null)
+            {
+                return true;
+            }
+
+            Match? match = null;
+            if (_layersPattern is null || _layersPattern.Count == 0)
+            {
+                match = Regex.Match(path, @"^.*\.[^.]*\.(\d+)\.", RegexOptions.CultureInvariant);
+            }
+            else
+            {
+                foreach (var pattern in _layersPattern)
+                {
+                    match = Regex.Match(path, $@"^.*\.{pattern}\.(\d+)\.", RegexOptions.CultureInvariant);
+                    if (match.Success)
+                    {
+                        break;
+                    }
+                }
+            }
+
+            return match is { Success: true } && int.TryParse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture, out var index)
+                && _layers.Contains(index);
         }
 
         public bool IsTarget(string path, nn.Module module)
         {
-            if (path.Length == 0 || _exclude.Any(e => NameMatches(path, e)))
+            if (path.Length == 0 || _exclude.Any(e => NameMatches(path, e)) || (_excludeRegex?.IsMatch(path) ?? false))
             {
                 return false;
             }
@@ -331,11 +453,17 @@ internal static class LoraInjector
             if (_allLinear)
             {
                 var last = path[(path.LastIndexOf('.') + 1)..];
-                return module is TorchModules.Linear && !OutputHeadNames.Contains(last) && !_save.Any(s => NameMatches(path, s));
+                return module is TorchModules.Linear or Modules.Linear && !OutputHeadNames.Contains(last) && !_save.Any(s => NameMatches(path, s))
+                    && InSelectedLayer(path);
             }
 
-            var matched = _regex is not null ? _regex.IsMatch(path) : _names.Any(n => NameMatches(path, n));
-            return matched;
+            if (_regex is not null)
+            {
+                return _regex.IsMatch(path);
+            }
+
+            // As PEFT: an exact path is always a target; a suffix match is subject to layers_to_transform.
+            return _names.Contains(path) || (_names.Any(n => NameMatches(path, n)) && InSelectedLayer(path));
         }
     }
 }

@@ -8,7 +8,10 @@ namespace Microsoft.ML.Lora;
 /// LoRA for TorchSharp in the idiom of <c>torch.nn</c> and Microsoft's <c>loralib</c>: layer factories
 /// (<c>lora.Linear</c>, <c>lora.Embedding</c>, <c>lora.Conv1d/2d/3d</c>, <c>lora.MergedLinear</c>), training helpers
 /// (<see cref="mark_only_lora_as_trainable(nn.Module, string)"/>, <see cref="lora_state_dict(nn.Module, string)"/>) and
-/// injection into an existing model (<see cref="inject_adapter_in_model"/>).
+/// injection into an existing model (<see cref="inject_adapter_in_model"/>), and PEFT's multi-adapter operations
+/// (<see cref="add_adapter"/>, <see cref="set_adapter"/>, <see cref="delete_adapter"/>, <see cref="disable_adapter"/>,
+/// <see cref="adapter_names_scope"/>, <see cref="add_weighted_adapter"/>, <see cref="merge_and_unload"/>, <see cref="unload"/>).
+/// PEFT adapter directories are read and written by <see cref="PeftAdapter"/>.
 /// </summary>
 /// <remarks>Names are lower case / snake_case on purpose, as TorchSharp's <c>torch.nn</c> and Python's loralib.</remarks>
 public static partial class lora

@@ -11,7 +11,7 @@ namespace Microsoft.ML.Lora.Modules;
 public sealed class Embedding : LoraLayer
 {
     internal Embedding(Parameter weight, int r, double lora_alpha, bool merge_weights, long? padding_idx,
-        bool use_rslora, LoraInitKind init)
+        bool use_rslora, LoraInitKind init, string adapter_name = DefaultAdapter, LoraConfig? config = null)
         : base(nameof(Embedding), weight, null, r, lora_alpha, 0.0, merge_weights, use_rslora)
     {
         if (weight.dim() != 2)
@@ -30,20 +30,8 @@ public sealed class Embedding : LoraLayer
 
         if (r > 0)
         {
-            var dtype = LoraArguments.FactorDtype(weight.dtype);
-            var a = torch.zeros(r, num_embeddings, dtype: dtype, device: weight.device);
-            var b = torch.empty(embedding_dim, r, dtype: dtype, device: weight.device);
-            using (torch.no_grad())
-            {
-                nn.init.normal_(b);
-                if (init == LoraInitKind.Random)
-                {
-                    nn.init.normal_(a);
-                }
-            }
-
-            lora_A = LoraArguments.NewParameter(a);
-            lora_B = LoraArguments.NewParameter(b);
+            AddAdapter(adapter_name, r, lora_alpha, 0.0, use_rslora, init, config);
+            SetActive([adapter_name]);
         }
     }
 
@@ -56,39 +44,49 @@ public sealed class Embedding : LoraLayer
     /// <summary>The index whose row receives no gradient (neither in W nor in A), or null.</summary>
     public long? padding_idx { get; }
 
-    /// <summary>Looks up the embeddings of the int64 indices <paramref name="input"/>; returns (…, embedding_dim).</summary>
-    /// <param name="input">Indices of any shape.</param>
-    /// <returns>The embeddings.</returns>
-    public override Tensor forward(Tensor input)
+    private protected override Tensor BaseForward(Tensor input)
     {
-        if (merged)
-        {
-            RefreshMergedDelta();
-        }
-
         using var flat = input.dtype == ScalarType.Int64 ? input.reshape(-1) : input.reshape(-1).to(ScalarType.Int64);
-        var shape = input.shape.Append(embedding_dim).ToArray();
         using var rows = weight.index_select(0, flat);
-        var result = rows.view(shape);
-        if (r == 0 || merged)
-        {
-            return result;
-        }
-
-        using var table = LoraTable();
-        using var down = table.index_select(0, flat);
-        using var up = down.matmul(lora_B!.t());
-        using var update = up.dtype == result.dtype ? up.view(shape) : up.to(result.dtype).view(shape);
-        return result.add(update, alpha: scaling);
+        return rows.view(input.shape.Append(embedding_dim).ToArray());
     }
 
-    private protected override Tensor DeltaWeight(Tensor a, Tensor b) => b.matmul(a).t().mul_(scaling);
+    /// <summary>The ids pass unchanged (no cast, no dropout) to the branch.</summary>
+    private protected override Tensor AdapterInput(Tensor x, ScalarType factorDtype, double dropout) => x;
+
+    private protected override Tensor AdapterForward(Tensor x, Tensor a, Tensor b, int r)
+    {
+        using var flat = x.dtype == ScalarType.Int64 ? x.reshape(-1) : x.reshape(-1).to(ScalarType.Int64);
+        using var table = LoraTable(a);
+        using var down = table.index_select(0, flat);
+        using var up = down.matmul(b.t());
+        return up.view(x.shape.Append(embedding_dim).ToArray());
+    }
+
+    private protected override (Tensor a, Tensor b) CreateFactors(int r, LoraInitKind init)
+    {
+        var dtype = LoraArguments.FactorDtype(weight.dtype);
+        var a = torch.zeros(r, num_embeddings, dtype: dtype, device: weight.device);
+        var b = torch.empty(embedding_dim, r, dtype: dtype, device: weight.device);
+        using (torch.no_grad())
+        {
+            nn.init.normal_(b);
+            if (init == LoraInitKind.Random)
+            {
+                nn.init.normal_(a);
+            }
+        }
+
+        return (a, b);
+    }
+
+    private protected override Tensor DeltaWeight(Tensor a, Tensor b, int r, double scaling) => b.matmul(a).t().mul_(scaling);
 
     /// <summary>Aᵀ (num_embeddings × r); the padding row is detached so it gets no gradient, as F.embedding does.</summary>
-    private Tensor LoraTable()
+    private Tensor LoraTable(Tensor a)
     {
-        var table = lora_A!.t();
-        if (padding_idx is not long p || !lora_A.requires_grad)
+        var table = a.t();
+        if (padding_idx is not long p || !a.requires_grad)
         {
             return table;
         }

@@ -11,7 +11,8 @@ namespace Microsoft.ML.Lora.Modules;
 public sealed class Linear : LoraLayer
 {
     internal Linear(Parameter weight, Parameter? bias, int r, double lora_alpha, double lora_dropout,
-        bool fan_in_fan_out, bool merge_weights, bool use_rslora, LoraInitKind init)
+        bool fan_in_fan_out, bool merge_weights, bool use_rslora, LoraInitKind init,
+        string adapter_name = DefaultAdapter, LoraConfig? config = null)
         : base(nameof(Linear), weight, bias, r, lora_alpha, lora_dropout, merge_weights, use_rslora)
     {
         if (weight.dim() != 2)
@@ -29,13 +30,8 @@ public sealed class Linear : LoraLayer
 
         if (r > 0)
         {
-            var dtype = LoraArguments.FactorDtype(weight.dtype);
-            var a = torch.empty(r, in_features, dtype: dtype, device: weight.device);
-            var b = torch.empty(out_features, r, dtype: dtype, device: weight.device);
-            LoraArguments.InitDown(a, r, init);
-            LoraArguments.InitUp(b, init);
-            lora_A = LoraArguments.NewParameter(a);
-            lora_B = LoraArguments.NewParameter(b);
+            AddAdapter(adapter_name, r, lora_alpha, lora_dropout, use_rslora, init, config);
+            SetActive([adapter_name]);
         }
     }
 
@@ -48,31 +44,26 @@ public sealed class Linear : LoraLayer
     /// <summary>True when <c>weight</c> is stored as (in_features × out_features), as GPT-2's Conv1D.</summary>
     public bool fan_in_fan_out { get; }
 
-    /// <summary>Applies the layer to <paramref name="input"/> (…, in_features) and returns (…, out_features).</summary>
-    /// <param name="input">The input tensor.</param>
-    /// <returns>The output tensor.</returns>
-    public override Tensor forward(Tensor input)
+    private protected override Tensor BaseForward(Tensor input) =>
+        nn.functional.linear(input, fan_in_fan_out ? weight.t() : weight, bias);
+
+    private protected override Tensor AdapterForward(Tensor x, Tensor a, Tensor b, int r)
     {
-        if (merged)
-        {
-            RefreshMergedDelta();
-        }
-
-        var w = fan_in_fan_out ? weight.t() : weight;
-        var result = nn.functional.linear(input, w, bias);
-        if (r == 0 || merged)
-        {
-            return result;
-        }
-
-        var x = LoraInput(input); // may be input itself: not disposed here
-        using var down = nn.functional.linear(x, lora_A!);
-        using var up = nn.functional.linear(down, lora_B!);
-        using var update = up.dtype == result.dtype ? up.alias() : up.to(result.dtype);
-        return result.add_(update, alpha: scaling);
+        using var down = nn.functional.linear(x, a);
+        return nn.functional.linear(down, b);
     }
 
-    private protected override Tensor DeltaWeight(Tensor a, Tensor b)
+    private protected override (Tensor a, Tensor b) CreateFactors(int r, LoraInitKind init)
+    {
+        var dtype = LoraArguments.FactorDtype(weight.dtype);
+        var a = torch.empty(r, in_features, dtype: dtype, device: weight.device);
+        var b = torch.empty(out_features, r, dtype: dtype, device: weight.device);
+        LoraArguments.InitDown(a, r, init);
+        LoraArguments.InitUp(b, init);
+        return (a, b);
+    }
+
+    private protected override Tensor DeltaWeight(Tensor a, Tensor b, int r, double scaling)
     {
         var delta = b.matmul(a).mul_(scaling);
         return fan_in_fan_out ? delta.t() : delta;

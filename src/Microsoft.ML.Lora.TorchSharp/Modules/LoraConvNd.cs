@@ -19,7 +19,7 @@ public abstract class LoraConvNd : LoraLayer
 {
     private protected LoraConvNd(string name, int dims, Parameter weight, Parameter? bias, long[] stride, long[] padding,
         long[] dilation, long groups, int r, double lora_alpha, double lora_dropout, bool merge_weights, bool use_rslora,
-        LoraInitKind init)
+        LoraInitKind init, string adapter_name, LoraConfig? config)
         : base(name, weight, bias, r, lora_alpha, lora_dropout, merge_weights, use_rslora)
     {
         if (weight.dim() != dims + 2)
@@ -52,15 +52,8 @@ public abstract class LoraConvNd : LoraLayer
 
         if (r > 0)
         {
-            var dtype = LoraArguments.FactorDtype(weight.dtype);
-            long[] aShape = [r, weight.shape[1], .. kernel_size];
-            long[] bShape = [out_channels, r / groups, .. Enumerable.Repeat(1L, dims)];
-            var a = torch.empty(aShape, dtype: dtype, device: weight.device);
-            var b = torch.empty(bShape, dtype: dtype, device: weight.device);
-            LoraArguments.InitDown(a, r, init);
-            LoraArguments.InitUp(b, init);
-            lora_A = LoraArguments.NewParameter(a);
-            lora_B = LoraArguments.NewParameter(b);
+            AddAdapter(adapter_name, r, lora_alpha, lora_dropout, use_rslora, init, config);
+            SetActive([adapter_name]);
         }
     }
 
@@ -87,32 +80,37 @@ public abstract class LoraConvNd : LoraLayer
 
     private int dims { get; }
 
-    /// <summary>Applies the convolution to <paramref name="input"/> (N, C_in, …) and returns (N, C_out, …).</summary>
-    /// <param name="input">The input tensor.</param>
-    /// <returns>The output tensor.</returns>
-    public override Tensor forward(Tensor input)
+    private protected override Tensor BaseForward(Tensor input) => Convolve(input, weight, bias, stride, padding, dilation);
+
+    private protected override Tensor AdapterForward(Tensor x, Tensor a, Tensor b, int r)
     {
-        if (merged)
-        {
-            RefreshMergedDelta();
-        }
-
-        var result = Convolve(input, weight, bias, stride, padding, dilation);
-        if (r == 0 || merged)
-        {
-            return result;
-        }
-
-        var x = LoraInput(input); // may be input itself: not disposed here
         var ones = Enumerable.Repeat(1L, dims).ToArray();
-        using var down = Convolve(x, lora_A!, null, stride, padding, dilation);
-        using var up = Convolve(down, lora_B!, null, ones, new long[dims], ones);
-        using var update = up.dtype == result.dtype ? up.alias() : up.to(result.dtype);
-        return result.add_(update, alpha: scaling);
+        using var down = Convolve(x, a, null, stride, padding, dilation);
+        return Convolve(down, b, null, ones, new long[dims], ones);
+    }
+
+    private protected override void CheckRank(int r)
+    {
+        if (r % groups != 0)
+        {
+            throw new ArgumentException($"r ({r}) must be divisible by groups ({groups}) so each group gets its own rank-r/groups update.", nameof(r));
+        }
+    }
+
+    private protected override (Tensor a, Tensor b) CreateFactors(int r, LoraInitKind init)
+    {
+        var dtype = LoraArguments.FactorDtype(weight.dtype);
+        long[] aShape = [r, weight.shape[1], .. kernel_size];
+        long[] bShape = [out_channels, r / groups, .. Enumerable.Repeat(1L, dims)];
+        var a = torch.empty(aShape, dtype: dtype, device: weight.device);
+        var b = torch.empty(bShape, dtype: dtype, device: weight.device);
+        LoraArguments.InitDown(a, r, init);
+        LoraArguments.InitUp(b, init);
+        return (a, b);
     }
 
     /// <summary>Per group g: ΔW_g = B_g·A_g, with B_g (out/groups × r/groups) and A_g (r/groups × in/groups·kernel).</summary>
-    private protected override Tensor DeltaWeight(Tensor a, Tensor b)
+    private protected override Tensor DeltaWeight(Tensor a, Tensor b, int r, double scaling)
     {
         using var bGroups = b.reshape(groups, out_channels / groups, r / groups);
         using var aGroups = a.reshape(groups, r / groups, -1);

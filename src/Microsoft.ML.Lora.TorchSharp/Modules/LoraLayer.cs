@@ -15,9 +15,21 @@ namespace Microsoft.ML.Lora.Modules;
 /// <para>The factors that were merged are remembered, so new values written into <c>lora_A</c>/<c>lora_B</c> while the
 /// layer is merged (for example by <c>load_state_dict</c>) are noticed by the next forward, which re-merges them:
 /// loading adapter weights into a merged layer gives the same model as loading them unmerged (loralib #190).</para>
+/// <para>Named adapters (PEFT semantics): the adapter "default" keeps the loralib parameters <c>lora_A</c>/<c>lora_B</c>
+/// (state_dict keys <c>&lt;path&gt;.lora_A</c>); any other adapter <c>n</c> lives in the child module
+/// <c>lora_adapters.n</c> (keys <c>&lt;path&gt;.lora_adapters.n.lora_A</c>). Forward adds the updates of all
+/// <see cref="active_adapters"/>, each with its own rank, scaling and dropout. <see cref="r"/>, <see cref="scaling"/>,
+/// <see cref="lora_A"/>, <see cref="lora_B"/> describe "default"; <c>get_lora_A(name)</c> etc. reach the others.
+/// Model-level operations live on <see cref="lora"/> (<c>add_adapter</c>, <c>set_adapter</c>, …).</para>
 /// </remarks>
 public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
 {
+    /// <summary>The adapter name whose factors are the layer's own <c>lora_A</c>/<c>lora_B</c> (state_dict keys <c>&lt;path&gt;.lora_A</c>).</summary>
+    internal const string DefaultAdapter = "default";
+
+    /// <summary>The per-row adapter name that means "no adapter" in a mixed batch.</summary>
+    internal const string BaseRow = "__base__";
+
     [ComponentName(Name = "weight")]
     private Parameter _weight;
 
@@ -30,9 +42,17 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     [ComponentName(Name = "lora_B")]
     private Parameter? _lora_B;
 
-    // Copies of the factors whose product is currently inside weight. An array, so that TorchSharp's
-    // RegisterComponents does not register it as a buffer (it must not appear in state_dict).
-    private Tensor[]? _mergedFactors;
+    // Adapters in the order they were added. Arrays/lists of plain objects: RegisterComponents is never called here,
+    // and none of these is a Tensor field, so nothing is registered as a buffer.
+    private readonly List<AdapterSlot> _adapters = [];
+    private readonly Dictionary<string, LoraFactors> _extraFactors = new(StringComparer.Ordinal);
+    private LoraAdapterModules? _adapterModules;
+    private List<string> _active = [];
+    private string[]? _rowAdapters;
+
+    private readonly double _ctorAlpha;
+    private readonly double _ctorDropout;
+    private readonly bool _ctorRslora;
 
     private protected LoraLayer(string name, Parameter weight, Parameter? bias, int r, double lora_alpha,
         double lora_dropout, bool merge_weights, bool use_rslora)
@@ -41,12 +61,10 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         ArgumentNullException.ThrowIfNull(weight);
         LoraArguments.Check(r, lora_alpha, lora_dropout);
 
-        this.r = r;
-        this.lora_alpha = lora_alpha;
-        this.lora_dropout = lora_dropout;
+        _ctorAlpha = lora_alpha;
+        _ctorDropout = lora_dropout;
+        _ctorRslora = use_rslora;
         this.merge_weights = merge_weights;
-        this.use_rslora = use_rslora;
-        scaling = r == 0 ? 0.0 : use_rslora ? lora_alpha / Math.Sqrt(r) : lora_alpha / r;
 
         _weight = weight;
         register_parameter("weight", weight);
@@ -63,26 +81,35 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         }
     }
 
-    /// <inheritdoc/>
-    public int r { get; }
+    /// <summary>Rank of the "default" adapter; 0 when the layer has no adapter named "default".</summary>
+    public int r => Default?.R ?? 0;
 
-    /// <summary>The α of the update; <see cref="scaling"/> is α/r (α/√r with <see cref="use_rslora"/>).</summary>
-    public double lora_alpha { get; }
+    /// <summary>The α of the "default" adapter; <see cref="scaling"/> is α/r (α/√r with <see cref="use_rslora"/>).</summary>
+    public double lora_alpha => Default?.Alpha ?? _ctorAlpha;
 
-    /// <summary>Dropout probability applied to the input of the LoRA branch only, and only in training mode.</summary>
-    public double lora_dropout { get; }
+    /// <summary>Dropout probability of the "default" adapter's branch input (training mode only).</summary>
+    public double lora_dropout => Default?.Dropout ?? _ctorDropout;
 
-    /// <summary>When true, <c>eval()</c> merges ΔW into <c>weight</c> and <c>train()</c> unmerges it.</summary>
+    /// <summary>When true, <c>eval()</c> merges the active adapters into <c>weight</c> and <c>train()</c> unmerges them.</summary>
     public bool merge_weights { get; }
 
-    /// <summary>Rank-stabilised LoRA: scaling is α/√r instead of α/r.</summary>
-    public bool use_rslora { get; }
+    /// <summary>Rank-stabilised LoRA for the "default" adapter: scaling is α/√r instead of α/r.</summary>
+    public bool use_rslora => Default?.UseRslora ?? _ctorRslora;
 
-    /// <inheritdoc/>
-    public double scaling { get; }
+    /// <summary>Scaling of the "default" adapter; 0 when there is none.</summary>
+    public double scaling => Default?.Scaling ?? 0.0;
 
-    /// <inheritdoc/>
-    public bool merged { get; private set; }
+    /// <summary>True while at least one adapter's ΔW is added into <c>weight</c>.</summary>
+    public bool merged => _adapters.Any(a => a.Merged is not null);
+
+    /// <summary>Names of the adapters this layer holds, in the order they were added.</summary>
+    public IReadOnlyList<string> adapter_names => _adapters.Select(a => a.Name).ToList();
+
+    /// <summary>Names of the adapters whose updates forward adds (summed), in order.</summary>
+    public IReadOnlyList<string> active_adapters => _active.ToList();
+
+    /// <summary>True inside <see cref="lora.disable_adapter"/>: forward runs the base layer alone.</summary>
+    public bool disable_adapters { get; internal set; }
 
     /// <summary>The frozen base weight (same tensor as in the base layer the LoRA layer replaced).</summary>
     /// <exception cref="ArgumentException">The new value's shape differs from the current one.</exception>
@@ -148,13 +175,13 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
 
     /// <summary>
     /// Sets training mode on this layer and its children; when <see cref="merge_weights"/> is set,
-    /// <c>train(false)</c> merges ΔW into <c>weight</c> and <c>train(true)</c> removes it.
+    /// <c>train(false)</c> merges the active adapters into <c>weight</c> and <c>train(true)</c> removes them.
     /// </summary>
     /// <param name="train">True for training mode, false for evaluation mode.</param>
     public override void train(bool train = true)
     {
         base.train(train);
-        if (!merge_weights || r == 0)
+        if (!merge_weights)
         {
             return;
         }
@@ -163,77 +190,309 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         {
             unmerge();
         }
-        else
+        else if (!disable_adapters)
         {
             merge();
         }
     }
 
-    /// <inheritdoc/>
-    public void merge()
-    {
-        if (r == 0 || merged)
-        {
-            return;
-        }
+    /// <summary>
+    /// Adds ΔW·scaling of every active adapter not yet merged into the base weight (computed in float32). Does nothing
+    /// when the layer has no active adapter.
+    /// </summary>
+    public void merge() => MergeAdapters(_active);
 
-        using var noGrad = torch.no_grad();
-        _mergedFactors = SnapshotFactors();
-        AddDelta(_mergedFactors[0], _mergedFactors[1], 1.0);
-        merged = true;
-    }
-
-    /// <inheritdoc/>
+    /// <summary>Subtracts every merged ΔW from the base weight, last merged first. Does nothing if nothing is merged.</summary>
     public void unmerge()
     {
-        if (!merged)
+        using var noGrad = torch.no_grad();
+        for (var i = _adapters.Count - 1; i >= 0; i--)
         {
-            return;
+            UnmergeSlot(_adapters[i]);
+        }
+    }
+
+    /// <summary>
+    /// The update scaling·B·A of adapter <paramref name="adapter_name"/> in float32, shaped like <c>weight</c>
+    /// (a new tensor owned by the caller).
+    /// </summary>
+    /// <param name="adapter_name">The adapter (default "default").</param>
+    /// <returns>ΔW as float32, on the weight's device.</returns>
+    /// <exception cref="ArgumentException">The layer has no adapter of that name.</exception>
+    public Tensor get_delta_weight(string adapter_name = DefaultAdapter)
+    {
+        var slot = Slot(adapter_name);
+        using var noGrad = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
+        var (a, b) = Factors(slot);
+        return DeltaWeight(a.detach().to(ScalarType.Float32), b.detach().to(ScalarType.Float32), slot.R, slot.Scaling)
+            .to(weight.device).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The A factor of adapter <paramref name="adapter_name"/> (for "default" the same as <see cref="lora_A"/>).</summary>
+    /// <param name="adapter_name">The adapter.</param>
+    /// <returns>The parameter.</returns>
+    /// <exception cref="ArgumentException">The layer has no adapter of that name.</exception>
+    public Parameter get_lora_A(string adapter_name) => Factors(Slot(adapter_name)).a;
+
+    /// <summary>The B factor of adapter <paramref name="adapter_name"/> (for "default" the same as <see cref="lora_B"/>).</summary>
+    /// <param name="adapter_name">The adapter.</param>
+    /// <returns>The parameter.</returns>
+    /// <exception cref="ArgumentException">The layer has no adapter of that name.</exception>
+    public Parameter get_lora_B(string adapter_name) => Factors(Slot(adapter_name)).b;
+
+    /// <summary>Rank of adapter <paramref name="adapter_name"/>.</summary>
+    /// <param name="adapter_name">The adapter.</param>
+    /// <returns>Its rank.</returns>
+    public int get_rank(string adapter_name) => Slot(adapter_name).R;
+
+    /// <summary>Scaling (α/r or α/√r) of adapter <paramref name="adapter_name"/>.</summary>
+    /// <param name="adapter_name">The adapter.</param>
+    /// <returns>Its scaling.</returns>
+    public double get_scaling(string adapter_name) => Slot(adapter_name).Scaling;
+
+    /// <summary>α of adapter <paramref name="adapter_name"/>.</summary>
+    /// <param name="adapter_name">The adapter.</param>
+    /// <returns>Its α.</returns>
+    public double get_lora_alpha(string adapter_name) => Slot(adapter_name).Alpha;
+
+    /// <summary>
+    /// Applies the base layer plus the update of every active adapter (summed); merged adapters are already inside
+    /// <c>weight</c>. Inside <see cref="lora.disable_adapter"/> only the base layer runs; inside
+    /// <see cref="lora.adapter_names_scope"/> each row (dimension 0) gets the update of its own adapter.
+    /// </summary>
+    /// <param name="input">The input tensor.</param>
+    /// <returns>The output tensor.</returns>
+    public override Tensor forward(Tensor input)
+    {
+        if (disable_adapters)
+        {
+            unmerge();
+            return BaseForward(input);
         }
 
-        using var noGrad = torch.no_grad();
-        AddDelta(_mergedFactors![0], _mergedFactors[1], -1.0);
-        DisposeMergedFactors();
-        merged = false;
+        if (merged)
+        {
+            RefreshMergedDeltas();
+        }
+
+        if (_rowAdapters is not null)
+        {
+            return MixedForward(input, _rowAdapters);
+        }
+
+        var result = BaseForward(input);
+        foreach (var name in _active)
+        {
+            var slot = Find(name);
+            if (slot is null || slot.Merged is not null)
+            {
+                continue;
+            }
+
+            var (a, b) = Factors(slot);
+            var x = AdapterInput(input, a.dtype, slot.Dropout);
+            try
+            {
+                using var up = AdapterForward(x, a, b, slot.R);
+                using var update = up.dtype == result.dtype ? up.alias() : up.to(result.dtype);
+                result = result.add_(update, alpha: slot.Scaling);
+            }
+            finally
+            {
+                if (!ReferenceEquals(x, input))
+                {
+                    x.Dispose();
+                }
+            }
+        }
+
+        return result;
     }
+
+    /// <summary>The base layer's output (frozen <c>weight</c>/<c>bias</c>, including merged updates).</summary>
+    /// <param name="input">The layer input.</param>
+    /// <returns>A new tensor.</returns>
+    private protected abstract Tensor BaseForward(Tensor input);
+
+    /// <summary>The unscaled low-rank update for input <paramref name="x"/> with factors a, b of rank r, shaped like the output.</summary>
+    private protected abstract Tensor AdapterForward(Tensor x, Tensor a, Tensor b, int r);
+
+    /// <summary>New, uninitialised-by-caller A and B factors of rank <paramref name="r"/>, initialised per <paramref name="init"/>.</summary>
+    private protected abstract (Tensor a, Tensor b) CreateFactors(int r, LoraInitKind init);
 
     /// <summary>
     /// Computes scaling·ΔW in float32 with the shape and layout of <c>weight</c>, from float32 copies of the factors.
     /// </summary>
-    /// <param name="a">lora_A as float32.</param>
-    /// <param name="b">lora_B as float32.</param>
-    /// <returns>The scaled update, shaped like <c>weight</c>.</returns>
-    private protected abstract Tensor DeltaWeight(Tensor a, Tensor b);
+    private protected abstract Tensor DeltaWeight(Tensor a, Tensor b, int r, double scaling);
 
-    /// <summary>
-    /// Called at the start of forward while merged: if lora_A/lora_B changed since they were merged (a
-    /// load_state_dict, an optimizer step, a copy_), swap the old ΔW for the new one so the merged weight stays right.
-    /// </summary>
-    private protected void RefreshMergedDelta()
+    /// <summary>Throws if an adapter of rank <paramref name="r"/> cannot be added to this layer.</summary>
+    /// <param name="r">The rank.</param>
+    private protected virtual void CheckRank(int r)
     {
-        var a = lora_A!;
-        var b = lora_B!;
-        var oldA = _mergedFactors![0];
-        var oldB = _mergedFactors[1];
-        if (SameValues(oldA, a) && SameValues(oldB, b))
-        {
-            return;
-        }
-
-        using var noGrad = torch.no_grad();
-        AddDelta(oldA, oldB, -1.0);
-        DisposeMergedFactors();
-        _mergedFactors = SnapshotFactors();
-        AddDelta(_mergedFactors[0], _mergedFactors[1], 1.0);
     }
 
-    /// <summary>Applies dropout to the LoRA branch input (training mode only) and casts it to the factors' dtype.</summary>
-    /// <param name="x">The layer input.</param>
-    /// <returns>The branch input; <paramref name="x"/> itself when nothing needs doing.</returns>
-    private protected Tensor LoraInput(Tensor x)
+    /// <summary>The branch input: cast to the factors' dtype, with dropout in training mode. May be <paramref name="x"/> itself.</summary>
+    private protected virtual Tensor AdapterInput(Tensor x, ScalarType factorDtype, double dropout)
     {
-        var input = x.dtype == lora_A!.dtype ? x : x.to(lora_A.dtype);
-        return lora_dropout > 0 && training ? nn.functional.dropout(input, lora_dropout, training: true) : input;
+        var input = x.dtype == factorDtype ? x : x.to(factorDtype);
+        if (dropout > 0 && training)
+        {
+            var dropped = nn.functional.dropout(input, dropout, training: true);
+            if (!ReferenceEquals(input, x))
+            {
+                input.Dispose();
+            }
+
+            return dropped;
+        }
+
+        return input;
+    }
+
+    // ----- adapter management (used by lora's model-level operations) -----
+
+    /// <summary>True when the layer holds an adapter named <paramref name="name"/>.</summary>
+    internal bool HasAdapter(string name) => Find(name) is not null;
+
+    /// <summary>Adds a new adapter with fresh factors; it is not activated.</summary>
+    internal void AddAdapter(string name, int rank, double alpha, double dropout, bool rslora, LoraInitKind init, LoraConfig? config)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(name);
+        if (HasAdapter(name))
+        {
+            throw new ArgumentException($"The layer already has an adapter named '{name}'.", nameof(name));
+        }
+
+        if (rank <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(rank), rank, "An adapter's rank must be positive.");
+        }
+
+        LoraArguments.Check(rank, alpha, dropout);
+        CheckRank(rank);
+        var (a, b) = CreateFactors(rank, init);
+        var pa = LoraArguments.NewParameter(a);
+        var pb = LoraArguments.NewParameter(b);
+        if (name == DefaultAdapter)
+        {
+            _lora_A = pa;
+            _lora_B = pb;
+            ConditionallyRegisterParameter("lora_A", _lora_A);
+            ConditionallyRegisterParameter("lora_B", _lora_B);
+        }
+        else
+        {
+            if (_adapterModules is null)
+            {
+                _adapterModules = new LoraAdapterModules();
+                _adapterModules.train(training);
+                register_module("lora_adapters", _adapterModules);
+            }
+
+            var factors = new LoraFactors(pa, pb);
+            factors.train(training);
+            _adapterModules.Add(name, factors);
+            _extraFactors[name] = factors;
+        }
+
+        var scale = rslora ? alpha / Math.Sqrt(rank) : alpha / rank;
+        _adapters.Add(new AdapterSlot(name, rank, alpha, dropout, rslora, scale, config));
+        weight.requires_grad = false;
+    }
+
+    /// <summary>Removes adapter <paramref name="name"/> (unmerging it first).</summary>
+    internal void DeleteAdapter(string name)
+    {
+        var slot = Slot(name);
+        using (torch.no_grad())
+        {
+            UnmergeSlot(slot);
+        }
+
+        _adapters.Remove(slot);
+        _active.Remove(name);
+        if (name == DefaultAdapter)
+        {
+            _lora_A?.Dispose();
+            _lora_B?.Dispose();
+            _lora_A = null;
+            _lora_B = null;
+            ConditionallyRegisterParameter("lora_A", null);
+            ConditionallyRegisterParameter("lora_B", null);
+        }
+        else
+        {
+            var old = _adapterModules!;
+            _extraFactors.Remove(name, out var removed);
+            var rebuilt = new LoraAdapterModules();
+            rebuilt.train(training);
+            foreach (var (other, factors) in _extraFactors)
+            {
+                rebuilt.Add(other, factors);
+            }
+
+            ModuleRegistry.Replace(this, "lora_adapters", rebuilt);
+            _adapterModules = rebuilt;
+            removed!.Dispose();
+            GC.KeepAlive(old);
+        }
+    }
+
+    /// <summary>
+    /// Sets which adapters forward adds (names this layer lacks are kept and skipped). Unmerges first; a layer that was
+    /// merged merges the new active set again.
+    /// </summary>
+    internal void SetActive(IReadOnlyList<string> names)
+    {
+        var wasMerged = merged;
+        if (wasMerged)
+        {
+            unmerge();
+        }
+
+        _active = names.Distinct(StringComparer.Ordinal).ToList();
+        foreach (var slot in _adapters)
+        {
+            var on = _active.Contains(slot.Name);
+            var (a, b) = Factors(slot);
+            a.requires_grad = on;
+            b.requires_grad = on;
+        }
+
+        if (wasMerged)
+        {
+            merge();
+        }
+    }
+
+    /// <summary>Per-row adapter names for the next forwards (null to stop).</summary>
+    internal void SetRowAdapters(string[]? names) => _rowAdapters = names;
+
+    /// <summary>The config an adapter was created from (null for layers built directly or by weighting).</summary>
+    internal LoraConfig? ConfigOf(string name) => Slot(name).Config;
+
+    /// <summary>Dropout of an adapter.</summary>
+    internal double DropoutOf(string name) => Slot(name).Dropout;
+
+    /// <summary>Whether an adapter uses rsLoRA scaling.</summary>
+    internal bool RsloraOf(string name) => Slot(name).UseRslora;
+
+    /// <summary>Merges the named adapters (those this layer lacks are skipped).</summary>
+    internal void MergeAdapters(IEnumerable<string> names)
+    {
+        using var noGrad = torch.no_grad();
+        foreach (var name in names.ToList())
+        {
+            var slot = Find(name);
+            if (slot is null || slot.Merged is not null)
+            {
+                continue;
+            }
+
+            slot.Merged = SnapshotFactors(slot);
+            AddDelta(slot.Merged[0], slot.Merged[1], slot, 1.0);
+        }
     }
 
     /// <inheritdoc/>
@@ -241,10 +500,115 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     {
         if (disposing)
         {
-            DisposeMergedFactors();
+            foreach (var slot in _adapters)
+            {
+                DisposeMerged(slot);
+            }
         }
 
         base.Dispose(disposing);
+    }
+
+    private AdapterSlot? Default => Find(DefaultAdapter);
+
+    private AdapterSlot? Find(string name)
+    {
+        foreach (var slot in _adapters)
+        {
+            if (slot.Name == name)
+            {
+                return slot;
+            }
+        }
+
+        return null;
+    }
+
+    private AdapterSlot Slot(string adapter_name)
+    {
+        ArgumentNullException.ThrowIfNull(adapter_name);
+        return Find(adapter_name) ?? throw new ArgumentException(
+            $"The layer has no adapter named '{adapter_name}'; it has [{string.Join(", ", _adapters.Select(a => a.Name))}].", nameof(adapter_name));
+    }
+
+    private (Parameter a, Parameter b) Factors(AdapterSlot slot) => slot.Name == DefaultAdapter
+        ? (_lora_A!, _lora_B!)
+        : (_extraFactors[slot.Name].lora_A, _extraFactors[slot.Name].lora_B);
+
+    private Tensor MixedForward(Tensor input, string[] adapter_names)
+    {
+        if (merged)
+        {
+            throw new InvalidOperationException(
+                "A mixed-adapter batch cannot run while adapters are merged into the weight; call unmerge() or train() first.");
+        }
+
+        var rows = adapter_names;
+        if (input.dim() == 0 || input.shape[0] != rows.Length)
+        {
+            throw new ArgumentException(
+                $"The batch has {(input.dim() == 0 ? 0 : input.shape[0])} rows but {adapter_names.Length} per-row adapter names were given.", nameof(adapter_names));
+        }
+
+        var result = BaseForward(input);
+        foreach (var name in rows.Distinct(StringComparer.Ordinal))
+        {
+            var slot = name == BaseRow ? null : Find(name);
+            if (slot is null)
+            {
+                continue; // "__base__", or an adapter this layer does not have: base output only
+            }
+
+            using var scope = torch.NewDisposeScope();
+            var picked = Enumerable.Range(0, rows.Length).Where(i => rows[i] == name).Select(i => (long)i).ToArray();
+            var index = torch.tensor(picked, dtype: ScalarType.Int64, device: input.device);
+            var sub = input.index_select(0, index);
+            var (a, b) = Factors(slot);
+            var x = AdapterInput(sub, a.dtype, slot.Dropout);
+            var up = AdapterForward(x, a, b, slot.R);
+            var update = up.dtype == result.dtype ? up : up.to(result.dtype);
+            result = result.index_add_(0, index, update, alpha: slot.Scaling);
+        }
+
+        return result;
+    }
+
+    /// <summary>
+    /// Called at the start of forward while merged: if an adapter's factors changed since they were merged (a
+    /// load_state_dict, an optimizer step, a copy_), swap the old ΔW for the new one so the merged weight stays right.
+    /// </summary>
+    private void RefreshMergedDeltas()
+    {
+        foreach (var slot in _adapters)
+        {
+            if (slot.Merged is null)
+            {
+                continue;
+            }
+
+            var (a, b) = Factors(slot);
+            if (SameValues(slot.Merged[0], a) && SameValues(slot.Merged[1], b))
+            {
+                continue;
+            }
+
+            using var noGrad = torch.no_grad();
+            AddDelta(slot.Merged[0], slot.Merged[1], slot, -1.0);
+            DisposeMerged(slot);
+            slot.Merged = SnapshotFactors(slot);
+            AddDelta(slot.Merged[0], slot.Merged[1], slot, 1.0);
+        }
+    }
+
+    private void UnmergeSlot(AdapterSlot slot)
+    {
+        if (slot.Merged is null)
+        {
+            return;
+        }
+
+        AddDelta(slot.Merged[0], slot.Merged[1], slot, -1.0);
+        DisposeMerged(slot);
     }
 
     private static void CheckSameShape(Tensor? current, Tensor? value, string name)
@@ -266,11 +630,11 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         return remembered.Equals(current); // torch.equal: same shape and values
     }
 
-    private void AddDelta(Tensor a, Tensor b, double sign)
+    private void AddDelta(Tensor a, Tensor b, AdapterSlot slot, double sign)
     {
         using var scope = torch.NewDisposeScope();
         var target = weight;
-        var delta = DeltaWeight(a.to(ScalarType.Float32), b.to(ScalarType.Float32)).to(target.device);
+        var delta = DeltaWeight(a.to(ScalarType.Float32), b.to(ScalarType.Float32), slot.R, slot.Scaling).to(target.device);
         if (target.dtype == ScalarType.Float32)
         {
             target.add_(delta, alpha: sign);
@@ -281,27 +645,48 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         }
     }
 
-    /// <summary>Copies of lora_A and lora_B that outlive any dispose scope (owned by this layer).</summary>
-    private Tensor[] SnapshotFactors()
+    /// <summary>Copies of the adapter's factors that outlive any dispose scope (owned by this layer).</summary>
+    private Tensor[] SnapshotFactors(AdapterSlot slot)
     {
         using var scope = torch.NewDisposeScope();
-        var a = lora_A!.detach().clone();
-        var b = lora_B!.detach().clone();
+        var (fa, fb) = Factors(slot);
+        var a = fa.detach().clone();
+        var b = fb.detach().clone();
         return [a.DetachFromDisposeScope(), b.DetachFromDisposeScope()];
     }
 
-    private void DisposeMergedFactors()
+    private static void DisposeMerged(AdapterSlot slot)
     {
-        if (_mergedFactors is null)
+        if (slot.Merged is null)
         {
             return;
         }
 
-        foreach (var t in _mergedFactors)
+        foreach (var t in slot.Merged)
         {
             t.Dispose();
         }
 
-        _mergedFactors = null;
+        slot.Merged = null;
+    }
+
+    /// <summary>One named adapter's settings and merge state (the factors live in parameters).</summary>
+    private sealed class AdapterSlot(string name, int r, double alpha, double dropout, bool useRslora, double scaling, LoraConfig? config)
+    {
+        public string Name { get; } = name;
+
+        public int R { get; } = r;
+
+        public double Alpha { get; } = alpha;
+
+        public double Dropout { get; } = dropout;
+
+        public bool UseRslora { get; } = useRslora;
+
+        public double Scaling { get; } = scaling;
+
+        public LoraConfig? Config { get; } = config;
+
+        public Tensor[]? Merged { get; set; }
     }
 }

@@ -14,11 +14,12 @@ public sealed class MergedLinear : LoraLayer
 {
     // Output positions of the enabled groups. Kept as numbers plus a per-device tensor in an array (not a Tensor field),
     // so it is neither a parameter nor a buffer: TorchSharp's .to() would re-register a buffer as persistent.
-    private readonly long[] _positions = [];
+    private readonly long[] _positions;
     private Tensor[]? _positionsOnDevice;
 
     internal MergedLinear(Parameter weight, Parameter? bias, int r, double lora_alpha, double lora_dropout,
-        bool[] enable_lora, bool fan_in_fan_out, bool merge_weights, bool use_rslora, LoraInitKind init)
+        bool[] enable_lora, bool fan_in_fan_out, bool merge_weights, bool use_rslora, LoraInitKind init,
+        string adapter_name = DefaultAdapter, LoraConfig? config = null)
         : base(nameof(MergedLinear), weight, bias, r, lora_alpha, lora_dropout, merge_weights, use_rslora)
     {
         ArgumentNullException.ThrowIfNull(enable_lora);
@@ -35,19 +36,14 @@ public sealed class MergedLinear : LoraLayer
         enabled_groups = enable_lora.Count(e => e);
         group_size = out_features / enable_lora.Length;
 
+        _positions = Enumerable.Range(0, enable_lora.Length)
+            .Where(g => enable_lora[g])
+            .SelectMany(g => Enumerable.Range(0, (int)group_size).Select(i => g * group_size + i))
+            .ToArray();
         if (r > 0)
         {
-            var dtype = LoraArguments.FactorDtype(weight.dtype);
-            var a = torch.empty(r * enabled_groups, in_features, dtype: dtype, device: weight.device);
-            var b = torch.empty(group_size * enabled_groups, r, dtype: dtype, device: weight.device);
-            LoraArguments.InitDown(a, r, init);
-            LoraArguments.InitUp(b, init);
-            lora_A = LoraArguments.NewParameter(a);
-            lora_B = LoraArguments.NewParameter(b);
-            _positions = Enumerable.Range(0, enable_lora.Length)
-                .Where(g => enable_lora[g])
-                .SelectMany(g => Enumerable.Range(0, (int)group_size).Select(i => g * group_size + i))
-                .ToArray();
+            AddAdapter(adapter_name, r, lora_alpha, lora_dropout, use_rslora, init, config);
+            SetActive([adapter_name]);
         }
     }
 
@@ -69,37 +65,39 @@ public sealed class MergedLinear : LoraLayer
     /// <summary>Outputs per group: out_features / enable_lora.Length.</summary>
     public long group_size { get; }
 
-    /// <summary>Applies the layer to <paramref name="input"/> (…, in_features) and returns (…, out_features).</summary>
-    /// <param name="input">The input tensor.</param>
-    /// <returns>The output tensor.</returns>
-    public override Tensor forward(Tensor input)
+    private protected override Tensor BaseForward(Tensor input) =>
+        nn.functional.linear(input, fan_in_fan_out ? weight.t() : weight, bias);
+
+    private protected override Tensor AdapterForward(Tensor x, Tensor a, Tensor b, int r)
     {
-        if (merged)
+        using var down = nn.functional.linear(x, a);                                // (…, k·r)
+        using var downGroups = down.reshape(-1, enabled_groups, r);                 // (n, k, r)
+        using var bGroups = b.view(enabled_groups, group_size, r);                  // (k, g, r)
+        using var up = torch.einsum("nkr,kgr->nkg", downGroups, bGroups);           // (n, k, g)
+        long[] shape = [.. x.shape[..^1], enabled_groups * group_size];
+        using var grouped = up.reshape(shape);
+        if (enabled_groups * group_size == out_features)
         {
-            RefreshMergedDelta();
+            return grouped.alias();
         }
 
-        var w = fan_in_fan_out ? weight.t() : weight;
-        var result = nn.functional.linear(input, w, bias);
-        if (r == 0 || merged)
-        {
-            return result;
-        }
+        long[] outShape = [.. x.shape[..^1], out_features];
+        var scattered = torch.zeros(outShape, dtype: grouped.dtype, device: grouped.device);
+        return scattered.index_add_(-1, Positions(grouped.device), grouped, alpha: 1);
+    }
 
-        var x = LoraInput(input); // may be input itself: not disposed here
-        using var down = nn.functional.linear(x, lora_A!);                       // (…, k·r)
-        using var downGroups = down.reshape(-1, enabled_groups, r);               // (n, k, r)
-        using var bGroups = lora_B!.view(enabled_groups, group_size, r);          // (k, g, r)
-        using var up = torch.einsum("nkr,kgr->nkg", downGroups, bGroups);         // (n, k, g)
-        long[] shape = [.. result.shape[..^1], enabled_groups * group_size];
-        using var update = (up.dtype == result.dtype ? up.alias() : up.to(result.dtype)).reshape(shape);
-        return enabled_groups * group_size == out_features
-            ? result.add_(update, alpha: scaling)
-            : result.index_add_(-1, Positions(result.device), update, alpha: scaling);
+    private protected override (Tensor a, Tensor b) CreateFactors(int r, LoraInitKind init)
+    {
+        var dtype = LoraArguments.FactorDtype(weight.dtype);
+        var a = torch.empty(r * enabled_groups, in_features, dtype: dtype, device: weight.device);
+        var b = torch.empty(group_size * enabled_groups, r, dtype: dtype, device: weight.device);
+        LoraArguments.InitDown(a, r, init);
+        LoraArguments.InitUp(b, init);
+        return (a, b);
     }
 
     /// <summary>ΔW rows of enabled group g are B_g·A_g; rows of disabled groups are zero.</summary>
-    private protected override Tensor DeltaWeight(Tensor a, Tensor b)
+    private protected override Tensor DeltaWeight(Tensor a, Tensor b, int r, double scaling)
     {
         using var bGroups = b.view(enabled_groups, group_size, r);
         using var aGroups = a.view(enabled_groups, r, in_features);

@@ -1,0 +1,179 @@
+using System.Buffers.Binary;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora;
+
+/// <summary>
+/// The safetensors format: an 8-byte little-endian header length N, N bytes of JSON (name → dtype, shape,
+/// data_offsets relative to the data section; optional <c>__metadata__</c> string map), then the raw little-endian data.
+/// </summary>
+internal static class SafeTensors
+{
+    private static readonly Dictionary<ScalarType, (string name, int size)> Types = new()
+    {
+        [ScalarType.Float64] = ("F64", 8),
+        [ScalarType.Float32] = ("F32", 4),
+        [ScalarType.Float16] = ("F16", 2),
+        [ScalarType.BFloat16] = ("BF16", 2),
+        [ScalarType.Int64] = ("I64", 8),
+        [ScalarType.Int32] = ("I32", 4),
+        [ScalarType.Int16] = ("I16", 2),
+        [ScalarType.Int8] = ("I8", 1),
+        [ScalarType.Byte] = ("U8", 1),
+        [ScalarType.Bool] = ("BOOL", 1),
+    };
+
+    /// <summary>Writes <paramref name="tensors"/> (sorted by name) to a temporary file next to <paramref name="path"/>, then moves it there.</summary>
+    internal static void Write(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata)
+    {
+        var names = tensors.Keys.OrderBy(k => k, StringComparer.Ordinal).ToList();
+        var header = new JsonObject();
+        if (metadata is not null)
+        {
+            var meta = new JsonObject();
+            foreach (var (k, v) in metadata.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+            {
+                meta[k] = v;
+            }
+
+            header["__metadata__"] = meta;
+        }
+
+        var blobs = new List<byte[]>();
+        long offset = 0;
+        foreach (var name in names)
+        {
+            var t = tensors[name];
+            if (!Types.TryGetValue(t.dtype, out var type))
+            {
+                throw new ArgumentException($"Tensor '{name}' has dtype {t.dtype}, which safetensors cannot store here.", nameof(tensors));
+            }
+
+            byte[] bytes;
+            using (var scope = NewDisposeScope())
+            {
+                bytes = t.detach().cpu().contiguous().bytes.ToArray();
+            }
+
+            blobs.Add(bytes);
+            var shape = new JsonArray();
+            foreach (var d in t.shape)
+            {
+                shape.Add(d);
+            }
+
+            header[name] = new JsonObject
+            {
+                ["dtype"] = type.name,
+                ["shape"] = shape,
+                ["data_offsets"] = new JsonArray(offset, offset + bytes.LongLength),
+            };
+            offset += bytes.LongLength;
+        }
+
+        var json = Encoding.UTF8.GetBytes(header.ToJsonString());
+        var padded = (json.Length + 7) / 8 * 8; // the reference writer pads the header with spaces to 8 bytes
+        var headerBytes = new byte[padded];
+        Array.Fill(headerBytes, (byte)' ');
+        json.CopyTo(headerBytes, 0);
+
+        AtomicFile.Write(path, stream =>
+        {
+            Span<byte> length = stackalloc byte[8];
+            BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)padded);
+            stream.Write(length);
+            stream.Write(headerBytes);
+            foreach (var blob in blobs)
+            {
+                stream.Write(blob);
+            }
+        });
+    }
+
+    /// <summary>Reads every tensor of a safetensors file (CPU tensors owned by the caller) and its metadata.</summary>
+    /// <exception cref="ArgumentException">The file is not a valid safetensors file (the message names it and what is wrong).</exception>
+    internal static (Dictionary<string, Tensor> tensors, Dictionary<string, string> metadata) Read(string path)
+    {
+        var bytes = File.ReadAllBytes(path);
+        if (bytes.Length < 8)
+        {
+            throw Invalid(path, "shorter than its 8-byte header length");
+        }
+
+        var headerLength = BinaryPrimitives.ReadUInt64LittleEndian(bytes);
+        if (headerLength > (ulong)(bytes.Length - 8))
+        {
+            throw Invalid(path, $"header length {headerLength} exceeds the file size {bytes.Length}");
+        }
+
+        JsonObject header;
+        try
+        {
+            header = JsonNode.Parse(Encoding.UTF8.GetString(bytes, 8, (int)headerLength))?.AsObject()
+                ?? throw Invalid(path, "the header is not a JSON object");
+        }
+        catch (JsonException e)
+        {
+            throw new ArgumentException($"'{path}' is not a valid safetensors file: its header is not JSON ({e.Message}).", nameof(path), e);
+        }
+
+        var dataStart = 8 + (long)headerLength;
+        var dataLength = bytes.LongLength - dataStart;
+        var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
+        var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        try
+        {
+            foreach (var (name, node) in header)
+            {
+                if (name == "__metadata__")
+                {
+                    foreach (var (k, v) in node?.AsObject() ?? [])
+                    {
+                        metadata[k] = v?.GetValue<string>() ?? "";
+                    }
+
+                    continue;
+                }
+
+                var entry = node?.AsObject() ?? throw Invalid(path, $"entry '{name}' is not an object");
+                var dtypeName = entry["dtype"]?.GetValue<string>() ?? throw Invalid(path, $"entry '{name}' has no dtype");
+                var type = Types.FirstOrDefault(t => t.Value.name == dtypeName);
+                if (type.Value.name is null)
+                {
+                    throw Invalid(path, $"entry '{name}' has unsupported dtype {dtypeName}");
+                }
+
+                var shape = (entry["shape"]?.AsArray() ?? throw Invalid(path, $"entry '{name}' has no shape"))
+                    .Select(d => d!.GetValue<long>()).ToArray();
+                var offsets = (entry["data_offsets"]?.AsArray() ?? throw Invalid(path, $"entry '{name}' has no data_offsets"))
+                    .Select(d => d!.GetValue<long>()).ToArray();
+                var count = shape.Aggregate(1L, (a, b) => a * b);
+                if (offsets.Length != 2 || offsets[0] < 0 || offsets[1] > dataLength || offsets[1] - offsets[0] != count * type.Value.size)
+                {
+                    throw Invalid(path, $"entry '{name}' has data_offsets [{string.Join(", ", offsets)}], which do not hold {count} {dtypeName} values within {dataLength} data bytes");
+                }
+
+                var tensor = empty(shape, dtype: type.Key);
+                bytes.AsSpan((int)(dataStart + offsets[0]), (int)(offsets[1] - offsets[0])).CopyTo(tensor.bytes);
+                tensors[name] = tensor.DetachFromDisposeScope();
+            }
+        }
+        catch
+        {
+            foreach (var t in tensors.Values)
+            {
+                t.Dispose();
+            }
+
+            throw;
+        }
+
+        return (tensors, metadata);
+    }
+
+    private static ArgumentException Invalid(string path, string what) =>
+        new($"'{path}' is not a valid safetensors file: {what}.", nameof(path));
+}
