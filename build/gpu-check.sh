@@ -126,12 +126,12 @@ symbols() {
     echo "nm not found (binutils); falling back to ldd -r only"
   else
     # Defined: every libtorch/c10 library in torch_lib plus the system libraries the loader resolves (libstdc++, libc…).
-    local deps; deps=$(LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ldd "$lib" 2>/dev/null | awk '/=> \// {print $3} /^[[:space:]]*\// {print $1}')
-    nm -D --defined-only "$torch_lib"/lib*.so* $deps 2>/dev/null | awk 'NF >= 3 {print $3}' | sed 's/@.*//' | sort -u > "$out/torch-defined.txt"
+    local deps; deps=$(LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ldd "$lib" 2>/dev/null | awk '/=> \// {print $3} /^[[:space:]]+\// {print $1}' | while read -r f; do [ -f "$f" ] && echo "$f"; done || true)
+    nm -D --defined-only "$torch_lib"/lib*.so* $deps 2>/dev/null | awk 'NF >= 3 {print $3}' | sed 's/@.*//' | LC_ALL=C sort -u > "$out/torch-defined.txt" || true
     # Strong imports only (weak ones, e.g. TLS init hooks, may stay unresolved). _ZSt21ios_base_library_initv is GCC 13's
     # never-called marker that build/TorchSharpNativeFix.targets marks weak; it is not a libtorch symbol.
-    nm -D --undefined-only "$lib" | awk '$1 == "U" {print $2}' | sed 's/@.*//' | grep -v -x '_ZSt21ios_base_library_initv' | sort -u > "$out/torchsharp-needs.txt"
-    comm -23 "$out/torchsharp-needs.txt" "$out/torch-defined.txt" > "$out/missing-symbols.txt"
+    nm -D --undefined-only "$lib" | awk '$1 == "U" {print $2}' | sed 's/@.*//' | grep -v -x '_ZSt21ios_base_library_initv' | LC_ALL=C sort -u > "$out/torchsharp-needs.txt"
+    LC_ALL=C comm -23 "$out/torchsharp-needs.txt" "$out/torch-defined.txt" > "$out/missing-symbols.txt"
     local n; n=$(wc -l < "$out/missing-symbols.txt")
     echo "symbols libLibTorchSharp.so imports: $(wc -l < "$out/torchsharp-needs.txt"); not defined by this libtorch or the system libraries: $n"
     if [ "$n" -gt 0 ]; then
