@@ -211,11 +211,6 @@ internal static class Program
         var rows = new List<Dictionary<string, object?>>();
         foreach (var variant in new[] { "lora_qv_r8_fp32", "full_fp32", "lora_qv_r8_bf16_base" })
         {
-            if (variant.EndsWith("bf16_base", StringComparison.Ordinal) && !cuda)
-            {
-                continue;
-            }
-
             double ms = TimeSteps(variant, device, batch, seq, steps, warmup, out long trainable, out long total);
             double tokensPerSecond = batch * (double)seq / (ms / 1000.0);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {variant,-22} {ms,9:F2} ms/step  {tokensPerSecond,12:F0} tokens/s  trainable {trainable:N0} of {total:N0}"));

@@ -22,8 +22,8 @@ def build(variant, device):
     torch.manual_seed(1234)
     config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                         intermediate_size=1536, max_position_embeddings=512, hidden_dropout_prob=0.1,
-                        attention_probs_dropout_prob=0.1)
-    bert = BertModel(config, add_pooling_layer=False, attn_implementation="sdpa")
+                        attention_probs_dropout_prob=0.1, attn_implementation="sdpa")
+    bert = BertModel(config, add_pooling_layer=False)
     head = nn.Linear(384, 2)
     if variant.startswith("lora"):
         from peft import LoraConfig, get_peft_model
@@ -89,7 +89,7 @@ def main():
     print(f"peft_step: torch {torch.__version__} (cuda {torch.version.cuda}), transformers {transformers.__version__}, "
           f"peft {peft.__version__}, device {device}, batch {batch} x {seq}, {warmup} warm-up + {steps} timed steps")
     rows = []
-    for variant in ["lora_qv_r8_fp32", "full_fp32"] + (["lora_qv_r8_bf16_base"] if cuda else []):
+    for variant in ["lora_qv_r8_fp32", "full_fp32", "lora_qv_r8_bf16_base"]:
         ms, trainable, total, peak = time_steps(variant, device, batch, seq, steps, warmup)
         tps = batch * seq / (ms / 1000.0)
         print(f"  {variant:<22} {ms:9.2f} ms/step  {tps:12.0f} tokens/s  trainable {trainable:,} of {total:,}"
