@@ -151,6 +151,13 @@ public sealed class CudaBertTests
             var expected = onCpu.Model.call(idsC, maskC, typesC);
             var real = maskC.to(ScalarType.Bool).unsqueeze(-1).logical_not();
             Assert.IsLessThan(Float32Tolerance, RelativeDifference(actual.cpu().masked_fill(real, 0), expected.masked_fill(real, 0)));
+
+            // Saved from the GPU: the same files (weights fingerprint) as the CPU copy.
+            string again = Path.Combine(dir, "from-gpu");
+            onGpu.Model.SaveHuggingFace(again);
+            File.Copy(Path.Combine(dir, "vocab.txt"), Path.Combine(again, "vocab.txt"));
+            using var reloaded = PretrainedModel.FromHuggingFaceFolder(again).Load();
+            Assert.AreEqual(onCpu.WeightsSha256, reloaded.WeightsSha256, "weights saved from the GPU are bit-identical");
         }
         finally
         {

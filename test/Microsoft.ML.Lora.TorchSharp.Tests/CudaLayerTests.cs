@@ -222,6 +222,52 @@ public sealed class CudaLayerTests
         Assert.IsLessThan(1e-5, TestUtil.MaxRelativeDifference(model.call(ids), yCpu), "output back on the CPU");
     }
 
+    [TestMethod]
+    public void PeftAdapter_SavedFromCudaModel_LoadsOntoCpuAndCudaModels()
+    {
+        using var scope = NewDisposeScope();
+        var trained = MiniBert.Create(16);
+        lora.inject_adapter_in_model(new LoraConfig { r = 2, lora_alpha = 4, target_modules = ["query", "value"] }, trained);
+        foreach (var (_, p) in trained.named_parameters().Where(p => TestUtil.IsLoraKey(p.name)))
+        {
+            TestUtil.Randomize(p, 0.3);
+        }
+
+        trained.to(Gpu);
+        trained.eval();
+        var ids = MiniBert.Ids();
+        var expected = trained.call(ids.to(Gpu)).cpu();
+        string dir = Path.Combine(Path.GetTempPath(), "lora-cuda-peft-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            PeftAdapter.Save(trained, dir);   // factors copied off the GPU into the safetensors file
+
+            var onCpu = MiniBert.Create(16);
+            PeftAdapter.Load(onCpu, dir, log: _ => { });
+            onCpu.eval();
+            // Saved bytes are the float32 factors; only the GPU's summation order differs from the CPU forward.
+            Assert.IsLessThan(1e-5, TestUtil.MaxRelativeDifference(onCpu.call(ids), expected), "adapter trained on CUDA, used on the CPU");
+
+            var onGpu = MiniBert.Create(16);
+            onGpu.to(Gpu);
+            PeftAdapter.Load(onGpu, dir, log: _ => { });
+            foreach (var (name, p) in onGpu.named_parameters().Where(p => TestUtil.IsLoraKey(p.name)))
+            {
+                Assert.AreEqual(Gpu.type, p.device_type, $"{name}: loaded onto the model's device");
+            }
+
+            onGpu.eval();
+            Assert.IsLessThan(1e-6, TestUtil.MaxRelativeDifference(onGpu.call(ids.to(Gpu)).cpu(), expected), "same device, same factors");
+        }
+        finally
+        {
+            if (Directory.Exists(dir))
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+        }
+    }
+
     private static (Tensor output, Dictionary<string, Tensor> grads) ForwardBackward(nn.Module<Tensor, Tensor> layer, Tensor x)
     {
         layer.train();
