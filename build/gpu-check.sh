@@ -18,6 +18,13 @@
 #       `import peft` works. Results (log, JSON) go to --out (default: $OUT if set, else ./gpu-check-out).
 #       Exit code: the checker's (0 all passed, 1 a failure, 2 CUDA not available, 3 libtorch did not load).
 #
+#   With the session's device tool (the repository is copied to the GPU machine; the bundle is git-ignored, so carry it):
+#       run(command="build/gpu-check.sh run --bundle build/gpu-check/bin/gpu-check-linux-x64.tar.gz --out $OUT",
+#           carry=["build/gpu-check/bin/gpu-check-linux-x64.tar.gz"], timeout_s=300)
+#
+#   Dry run without a GPU (proves the loading path; CUDA tests report skipped, exit code 2):
+#       build/gpu-check.sh run --torch-lib ~/.nuget/packages/libtorch-cpu-linux-x64/2.10.0/runtimes/linux-x64/native --out /tmp/gc
+#
 #   Environment: LORA_CUDA_TESTS_ON_CPU=1 makes the CPU stand in for the GPU in the tests (a dry run of their code).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
