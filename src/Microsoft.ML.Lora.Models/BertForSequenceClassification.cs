@@ -79,6 +79,14 @@ public sealed class BertForSequenceClassification : nn.Module<Tensor, Tensor, Te
         var pooled = Pooling == PoolingMode.Cls && bert.HasPoolingLayer
             ? bert.PoolerOutput(hidden)
             : Models.Pooling.Pool(hidden, attention_mask, Pooling, normalize: false);
+
+        // A half-precision frozen encoder (bfloat16/float16 on a GPU) under a float32 head: the head sees its own dtype.
+        var headDtype = classifier.parameters().FirstOrDefault()?.dtype;
+        if (headDtype is ScalarType dtype && pooled.dtype != dtype)
+        {
+            pooled = pooled.to(dtype);
+        }
+
         return classifier.call(dropout.forward(pooled)).MoveToOuterDisposeScope();
     }
 

@@ -140,7 +140,15 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
     private static Tensor ExtendedAttentionMask(Tensor attentionMask, ScalarType dtype)
     {
         // [B, T] -> [B, 1, 1, T]: 0 where attended, the most negative finite value where masked (as Hugging Face).
-        double min = dtype == ScalarType.Float64 ? double.MinValue : dtype == ScalarType.Float16 ? -65504.0 : float.MinValue;
+        // torch.finfo(dtype).min. bfloat16's is not float.MinValue: that rounds to −∞ in bfloat16, and −∞ in the scores
+        // turns into NaN gradients.
+        double min = dtype switch
+        {
+            ScalarType.Float64 => double.MinValue,
+            ScalarType.Float16 => -65504.0,
+            ScalarType.BFloat16 => -3.3895313892515355e38,
+            _ => float.MinValue,
+        };
         var keep = attentionMask.to_type(dtype).unsqueeze(1).unsqueeze(2);
         return keep.neg().add_(1.0).mul_(min);
     }
