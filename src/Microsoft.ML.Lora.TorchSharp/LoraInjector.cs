@@ -1,0 +1,334 @@
+using System.Collections;
+using System.Reflection;
+using System.Text.RegularExpressions;
+using TorchSharp;
+using TorchSharp.Utils;
+using static TorchSharp.torch;
+using TorchModules = TorchSharp.Modules;
+
+namespace Microsoft.ML.Lora;
+
+/// <summary>The mechanics of <see cref="lora.inject_adapter_in_model"/>: matching, building and swapping modules.</summary>
+internal static class LoraInjector
+{
+    /// <summary>Linear layers that "all-linear" leaves alone: output heads, as PEFT skips the output embedding layer.</summary>
+    private static readonly HashSet<string> OutputHeadNames = new(StringComparer.Ordinal)
+    {
+        "lm_head", "classifier", "score", "qa_outputs", "cls",
+    };
+
+    private static readonly FieldInfo RegistryField = typeof(nn.Module).GetField(
+        "_internal_submodules", BindingFlags.Instance | BindingFlags.NonPublic)
+        ?? throw new InvalidOperationException("This TorchSharp version has no Module._internal_submodules field.");
+
+    internal static IReadOnlyList<string> Inject(LoraConfig config, nn.Module model)
+    {
+        if (config.r <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(config), config.r, "LoraConfig.r must be positive.");
+        }
+
+        LoraArguments.Check(config.r, config.lora_alpha, config.lora_dropout);
+        var bias = lora.ParseBias(config.bias);
+        var init = LoraArguments.ParseInit(config.init_lora_weights);
+        var matcher = TargetMatcher.Create(config);
+
+        var modules = model.named_modules().ToList();
+        var byPath = new Dictionary<string, nn.Module>(StringComparer.Ordinal) { [""] = model };
+        foreach (var (path, module) in modules)
+        {
+            byPath[path] = module;
+        }
+
+        // Plan every swap first, so that a failure leaves the model untouched.
+        var plans = new List<(string path, Action apply)>();
+        foreach (var (path, module) in modules)
+        {
+            if (module is ILoraLayer || !matcher.IsTarget(path, module))
+            {
+                continue;
+            }
+
+            CheckSupported(module, path, config);
+            var r = PatternValue(config.rank_pattern, path, config.r);
+            var alpha = PatternValue(config.alpha_pattern, path, config.lora_alpha);
+            LoraArguments.Check(r, alpha, config.lora_dropout);
+            var split = path.LastIndexOf('.');
+            var parent = byPath[split < 0 ? "" : path[..split]];
+            var name = path[(split + 1)..];
+            var plan = PlanSwap(model, parent, name, module, path);
+            plans.Add((path, () =>
+            {
+                var replacement = CreateLayer(module, path, r, alpha, config, init);
+                replacement.train(module.training);
+                plan(replacement);
+            }));
+        }
+
+        if (plans.Count == 0)
+        {
+            var available = string.Join(", ", modules.Select(m => m.name).Where(n => n.Length > 0));
+            throw new ArgumentException(
+                $"No module of the model matches target_modules {matcher.Description}. Available module names: {available}.",
+                nameof(config));
+        }
+
+        var saved = ModulesToSave(config, modules);
+        foreach (var (_, apply) in plans)
+        {
+            apply();
+        }
+
+        lora.mark_only_lora_as_trainable(model, bias);
+        foreach (var module in saved)
+        {
+            foreach (var parameter in module.parameters())
+            {
+                parameter.requires_grad = true;
+            }
+        }
+
+        return plans.Select(p => p.path).ToList();
+    }
+
+    private static Modules.LoraLayer CreateLayer(nn.Module module, string path, int r, double alpha, LoraConfig config, LoraInitKind init)
+    {
+        switch (module)
+        {
+            case TorchModules.Linear linear:
+                return new Modules.Linear(linear.weight, linear.bias, r, alpha, config.lora_dropout,
+                    fan_in_fan_out: false, config.merge_weights, config.use_rslora, init);
+            case TorchModules.Embedding embedding:
+                return new Modules.Embedding(embedding.weight!, r, alpha, config.merge_weights, padding_idx: null,
+                    config.use_rslora, init);
+            case TorchModules.Convolution conv when !conv.transposed:
+                var dims = conv.kernel_size.Length;
+                var stride = conv.stride;
+                var padding = conv.padding!;
+                var dilation = conv.dilation;
+                return dims switch
+                {
+                    1 => new Modules.Conv1d(conv.weight, conv.bias, stride, padding, dilation, conv.groups, r, alpha,
+                        config.lora_dropout, config.merge_weights, config.use_rslora, init),
+                    2 => new Modules.Conv2d(conv.weight, conv.bias, stride, padding, dilation, conv.groups, r, alpha,
+                        config.lora_dropout, config.merge_weights, config.use_rslora, init),
+                    _ => new Modules.Conv3d(conv.weight, conv.bias, stride, padding, dilation, conv.groups, r, alpha,
+                        config.lora_dropout, config.merge_weights, config.use_rslora, init),
+                };
+            default:
+                throw new ArgumentException(
+                    $"Module '{path}' is a {module.GetType().Name}; LoRA supports Linear, Embedding, Conv1d, Conv2d and Conv3d.",
+                    nameof(config));
+        }
+    }
+
+    /// <summary>Throws unless <paramref name="module"/> is a type LoRA can replace (checked before anything changes).</summary>
+    private static void CheckSupported(nn.Module module, string path, LoraConfig config)
+    {
+        if (module is not (TorchModules.Linear or TorchModules.Embedding or TorchModules.Convolution { transposed: false }))
+        {
+            throw new ArgumentException(
+                $"Module '{path}' is a {module.GetType().Name}; LoRA supports Linear, Embedding, Conv1d, Conv2d and Conv3d.",
+                nameof(config));
+        }
+
+        if (module is TorchModules.Convolution conv && (conv.padding is null || conv.padding_mode != PaddingModes.Zeros))
+        {
+            throw new ArgumentException(
+                $"Convolution '{path}' uses padding {(conv.padding is null ? conv.padding_type.ToString() : conv.padding_mode.ToString())}; " +
+                "LoRA supports explicit zero padding only.", nameof(config));
+        }
+    }
+
+    /// <summary>PEFT's pattern lookup: the first key whose regex matches <c>(.*\.)?(key)$</c> against the path.</summary>
+    internal static T PatternValue<T>(IDictionary<string, T>? patterns, string path, T fallback)
+    {
+        if (patterns is null)
+        {
+            return fallback;
+        }
+
+        foreach (var (key, value) in patterns)
+        {
+            if (Regex.IsMatch(path, $"^(.*\\.)?({key})$", RegexOptions.CultureInvariant))
+            {
+                return value;
+            }
+        }
+
+        return fallback;
+    }
+
+    /// <summary>True when <paramref name="name"/> equals <paramref name="path"/> or is a dot-aligned suffix of it.</summary>
+    internal static bool NameMatches(string path, string name) =>
+        path == name || path.EndsWith("." + name, StringComparison.Ordinal);
+
+    private static List<nn.Module> ModulesToSave(LoraConfig config, List<(string name, nn.Module module)> modules)
+    {
+        var result = new List<nn.Module>();
+        foreach (var wanted in config.modules_to_save ?? [])
+        {
+            var found = modules.Where(m => m.name.Length > 0 && NameMatches(m.name, wanted)).Select(m => m.module).ToList();
+            if (found.Count == 0)
+            {
+                throw new ArgumentException(
+                    $"modules_to_save entry '{wanted}' matches no module. Available module names: {string.Join(", ", modules.Select(m => m.name).Where(n => n.Length > 0))}.",
+                    nameof(config));
+            }
+
+            result.AddRange(found);
+        }
+
+        return result;
+    }
+
+    /// <summary>
+    /// Finds where <paramref name="parent"/> keeps <paramref name="child"/> (registry, fields, Sequential/ModuleList lists)
+    /// and returns the action that puts a replacement in all those places.
+    /// </summary>
+    private static Action<nn.Module> PlanSwap(nn.Module model, nn.Module parent, string name, nn.Module child, string path)
+    {
+        var registry = (OrderedDict<string, nn.Module>)RegistryField.GetValue(parent)!;
+        var inRegistry = registry.TryGetValue(name, out var registered) && ReferenceEquals(registered, child);
+        var setters = new List<Action<nn.Module>>();
+
+        for (var type = parent.GetType(); type is not null && type != typeof(object); type = type.BaseType)
+        {
+            foreach (var field in type.GetFields(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.DeclaredOnly))
+            {
+                var value = field.GetValue(parent);
+                if (ReferenceEquals(value, child))
+                {
+                    if (!field.FieldType.IsAssignableFrom(typeof(Modules.LoraLayer)))
+                    {
+                        throw new ArgumentException(
+                            $"Cannot inject LoRA into '{path}': {type.Name}.{field.Name} is declared as {field.FieldType.Name}. " +
+                            "Declare it as Module<Tensor, Tensor> so that the LoRA layer can take its place.",
+                            nameof(model));
+                    }
+
+                    setters.Add(replacement => field.SetValue(parent, replacement));
+                }
+                else if (value is IList list && !value.GetType().IsArray)
+                {
+                    var index = IndexOf(list, child);
+                    if (index < 0)
+                    {
+                        continue;
+                    }
+
+                    var elementType = list.GetType().IsGenericType ? list.GetType().GetGenericArguments()[0] : typeof(object);
+                    if (!elementType.IsAssignableFrom(typeof(Modules.LoraLayer)))
+                    {
+                        throw new ArgumentException(
+                            $"Cannot inject LoRA into '{path}': {type.Name}.{field.Name} holds {elementType.Name} items.", nameof(model));
+                    }
+
+                    setters.Add(replacement => list[index] = replacement);
+                }
+            }
+        }
+
+        if (setters.Count == 0)
+        {
+            throw new ArgumentException(
+                $"Cannot inject LoRA into '{path}': {parent.GetType().Name} keeps it in no field that forward could read. " +
+                "Declare the sub-module as a field of type Module<Tensor, Tensor> named as the registered module.",
+                nameof(model));
+        }
+
+        return replacement =>
+        {
+            if (inRegistry)
+            {
+                registry[name] = replacement; // keeps the registration order, so state_dict order is unchanged
+            }
+
+            foreach (var set in setters)
+            {
+                set(replacement);
+            }
+        };
+    }
+
+    private static int IndexOf(IList list, object item)
+    {
+        for (var i = 0; i < list.Count; i++)
+        {
+            if (ReferenceEquals(list[i], item))
+            {
+                return i;
+            }
+        }
+
+        return -1;
+    }
+
+    /// <summary>Decides which module paths are targets, from names, a full-match regex or "all-linear".</summary>
+    private sealed class TargetMatcher
+    {
+        private readonly Regex? _regex;
+        private readonly IList<string> _names;
+        private readonly bool _allLinear;
+        private readonly IList<string> _exclude;
+        private readonly IList<string> _save;
+
+        private TargetMatcher(Regex? regex, IList<string> names, bool allLinear, IList<string> exclude, IList<string> save, string description)
+        {
+            _regex = regex;
+            _names = names;
+            _allLinear = allLinear;
+            _exclude = exclude;
+            _save = save;
+            Description = description;
+        }
+
+        public string Description { get; }
+
+        public static TargetMatcher Create(LoraConfig config)
+        {
+            var exclude = config.exclude_modules ?? [];
+            var save = config.modules_to_save ?? [];
+            if (!string.IsNullOrEmpty(config.target_modules_regex))
+            {
+                Regex regex;
+                try
+                {
+                    regex = new Regex($"^(?:{config.target_modules_regex})$", RegexOptions.CultureInvariant);
+                }
+                catch (ArgumentException e)
+                {
+                    throw new ArgumentException($"target_modules_regex is not a valid regular expression: {e.Message}", nameof(config), e);
+                }
+
+                return new TargetMatcher(regex, [], false, exclude, save, $"(regex \"{config.target_modules_regex}\")");
+            }
+
+            var names = config.target_modules;
+            if (names is null || names.Count == 0)
+            {
+                throw new ArgumentException("LoraConfig needs target_modules (names or \"all-linear\") or target_modules_regex.", nameof(config));
+            }
+
+            var allLinear = names.Count == 1 && string.Equals(names[0], LoraConfig.AllLinear, StringComparison.OrdinalIgnoreCase);
+            return new TargetMatcher(null, names, allLinear, exclude, save, "[" + string.Join(", ", names) + "]");
+        }
+
+        public bool IsTarget(string path, nn.Module module)
+        {
+            if (path.Length == 0 || _exclude.Any(e => NameMatches(path, e)))
+            {
+                return false;
+            }
+
+            if (_allLinear)
+            {
+                var last = path[(path.LastIndexOf('.') + 1)..];
+                return module is TorchModules.Linear && !OutputHeadNames.Contains(last) && !_save.Any(s => NameMatches(path, s));
+            }
+
+            var matched = _regex is not null ? _regex.IsMatch(path) : _names.Any(n => NameMatches(path, n));
+            return matched;
+        }
+    }
+}

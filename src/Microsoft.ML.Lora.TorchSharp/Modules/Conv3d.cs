@@ -1,0 +1,14 @@
+using TorchSharp.Modules;
+
+namespace Microsoft.ML.Lora.Modules;
+
+/// <summary>A 3-D convolution with a low-rank update; see <see cref="LoraConvNd"/> for the factorisation.</summary>
+public sealed class Conv3d : LoraConvNd
+{
+    internal Conv3d(Parameter weight, Parameter? bias, long[] stride, long[] padding, long[] dilation, long groups,
+        int r, double lora_alpha, double lora_dropout, bool merge_weights, bool use_rslora, LoraInitKind init)
+        : base(nameof(Conv3d), 3, weight, bias, stride, padding, dilation, groups, r, lora_alpha, lora_dropout,
+            merge_weights, use_rslora, init)
+    {
+    }
+}
