@@ -1,0 +1,171 @@
+using System.Globalization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Models;
+
+/// <summary>
+/// A BERT encoder (embeddings, <see cref="BertConfig.NumHiddenLayers"/> transformer layers, optional pooler) whose
+/// sub-module and parameter names are those of Hugging Face's <c>BertModel</c>
+/// (<c>embeddings.word_embeddings.weight</c>, <c>encoder.layer.0.attention.self.query.weight</c>, …), so
+/// <c>state_dict()</c> keys equal checkpoint keys and PEFT target paths. Every linear layer (query, key, value and the
+/// three <c>dense</c> layers of each encoder layer, and the pooler's dense) can be replaced by
+/// <c>lora.inject_adapter_in_model</c>.
+/// </summary>
+public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
+{
+    private readonly BertEmbeddings embeddings;
+    private readonly BertEncoder encoder;
+    private readonly BertPooler? pooler;
+
+    /// <summary>Creates a BERT encoder with weights initialised as Hugging Face does (normal(0, initializer_range), zero biases, unit LayerNorm).</summary>
+    /// <param name="config">The hyper-parameters; validated.</param>
+    /// <param name="addPoolingLayer">Whether to add the pooler (dense + tanh over the [CLS] token), registered as <c>pooler</c>.</param>
+    /// <exception cref="ArgumentException"><paramref name="config"/> is invalid (the message names the field).</exception>
+    public BertModel(BertConfig config, bool addPoolingLayer = false) : base(nameof(BertModel))
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        config.Validate();
+        Config = config.Clone();
+        embeddings = new BertEmbeddings(Config);
+        encoder = new BertEncoder(Config);
+        pooler = addPoolingLayer ? new BertPooler(Config) : null;
+        RegisterComponents();
+        InitializeWeights();
+    }
+
+    /// <summary>A copy of the configuration the model was built with.</summary>
+    public BertConfig Config { get; }
+
+    /// <summary>Whether the model has the pooler (<c>pooler.dense</c>).</summary>
+    public bool HasPoolingLayer => pooler is not null;
+
+    /// <summary>Runs the encoder.</summary>
+    /// <param name="input_ids">Token ids [B, T], int64, each in [0, vocab_size).</param>
+    /// <param name="attention_mask">[B, T], int64 (or any numeric type): 1 for real tokens, 0 for padding.</param>
+    /// <param name="token_type_ids">[B, T], int64, each in [0, type_vocab_size).</param>
+    /// <returns>The last hidden state [B, T, hidden_size], float32.</returns>
+    /// <exception cref="ArgumentException">The shapes differ, are not 2-D, or T exceeds max_position_embeddings.</exception>
+    public override Tensor forward(Tensor input_ids, Tensor attention_mask, Tensor token_type_ids)
+    {
+        ArgumentNullException.ThrowIfNull(input_ids);
+        ArgumentNullException.ThrowIfNull(attention_mask);
+        ArgumentNullException.ThrowIfNull(token_type_ids);
+        CheckInputs(input_ids, attention_mask, token_type_ids);
+
+        using var scope = NewDisposeScope();
+        var hidden = embeddings.forward(input_ids, token_type_ids);
+        var additiveMask = ExtendedAttentionMask(attention_mask, hidden.dtype);
+        return encoder.forward(hidden, additiveMask).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Applies the pooler (dense + tanh) to the [CLS] token of a last hidden state, as Hugging Face's <c>pooler_output</c>.</summary>
+    /// <param name="lastHiddenState">[B, T, hidden_size] from <see cref="forward"/>.</param>
+    /// <returns>[B, hidden_size].</returns>
+    /// <exception cref="InvalidOperationException">The model was built without a pooling layer.</exception>
+    public Tensor PoolerOutput(Tensor lastHiddenState)
+    {
+        ArgumentNullException.ThrowIfNull(lastHiddenState);
+        if (pooler is null)
+        {
+            throw new InvalidOperationException("This BertModel has no pooling layer; create it with addPoolingLayer: true.");
+        }
+
+        return pooler.call(lastHiddenState);
+    }
+
+    /// <summary>
+    /// Saves the model in Hugging Face layout: <c>config.json</c> and <c>model.safetensors</c> (float32, HF key names,
+    /// no prefix) in <paramref name="directory"/>, each written to a temporary file and then moved into place.
+    /// </summary>
+    /// <param name="directory">Destination folder; created if missing; existing files of the same names are replaced.</param>
+    public void SaveHuggingFace(string directory)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(directory);
+        Directory.CreateDirectory(directory);
+        var tensors = BaseStateDict();
+        SafetensorsWriter.Save(Path.Combine(directory, HuggingFaceFolder.WeightsFileName), tensors);
+        Config.Save(Path.Combine(directory, HuggingFaceFolder.ConfigFileName));
+    }
+
+    /// <summary>
+    /// The model's weights by Hugging Face key, without LoRA tensors (<c>lora_A</c>/<c>lora_B</c>) or modules
+    /// that injection added; used for export and the weights fingerprint.
+    /// </summary>
+    internal SortedDictionary<string, Tensor> BaseStateDict()
+    {
+        var result = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var (name, tensor) in state_dict())
+        {
+            if (!IsLoraKey(name))
+            {
+                result[name] = tensor;
+            }
+        }
+
+        return result;
+    }
+
+    private static bool IsLoraKey(string name) =>
+        name.Contains(".lora_", StringComparison.Ordinal) || name.StartsWith("lora_", StringComparison.Ordinal);
+
+    private void CheckInputs(Tensor input_ids, Tensor attention_mask, Tensor token_type_ids)
+    {
+        if (input_ids.dim() != 2)
+        {
+            throw new ArgumentException($"input_ids must be 2-D [batch, sequence], but has shape {Shape(input_ids)}.", nameof(input_ids));
+        }
+
+        if (!attention_mask.shape.SequenceEqual(input_ids.shape))
+        {
+            throw new ArgumentException($"attention_mask has shape {Shape(attention_mask)}, expected the shape of input_ids {Shape(input_ids)}.", nameof(attention_mask));
+        }
+
+        if (!token_type_ids.shape.SequenceEqual(input_ids.shape))
+        {
+            throw new ArgumentException($"token_type_ids has shape {Shape(token_type_ids)}, expected the shape of input_ids {Shape(input_ids)}.", nameof(token_type_ids));
+        }
+
+        if (input_ids.shape[1] > Config.MaxPositionEmbeddings)
+        {
+            throw new ArgumentException(
+                string.Create(CultureInfo.InvariantCulture, $"input_ids has {input_ids.shape[1]} tokens per row, more than max_position_embeddings = {Config.MaxPositionEmbeddings}."),
+                nameof(input_ids));
+        }
+    }
+
+    private static string Shape(Tensor t) => "[" + string.Join(", ", t.shape) + "]";
+
+    private static Tensor ExtendedAttentionMask(Tensor attentionMask, ScalarType dtype)
+    {
+        // [B, T] -> [B, 1, 1, T]: 0 where attended, the most negative finite value where masked (as Hugging Face).
+        double min = dtype == ScalarType.Float64 ? double.MinValue : dtype == ScalarType.Float16 ? -65504.0 : float.MinValue;
+        var keep = attentionMask.to_type(dtype).unsqueeze(1).unsqueeze(2);
+        return keep.neg().add_(1.0).mul_(min);
+    }
+
+    private void InitializeWeights()
+    {
+        double std = Config.InitializerRange;
+        using var noGrad = no_grad();
+        foreach (var (name, parameter) in named_parameters())
+        {
+            if (name.EndsWith("LayerNorm.weight", StringComparison.Ordinal))
+            {
+                parameter.fill_(1.0);
+            }
+            else if (name.EndsWith(".bias", StringComparison.Ordinal))
+            {
+                parameter.zero_();
+            }
+            else
+            {
+                parameter.normal_(0.0, std);
+                if (name == "embeddings.word_embeddings.weight")
+                {
+                    parameter[Config.PadTokenId].zero_();
+                }
+            }
+        }
+    }
+}

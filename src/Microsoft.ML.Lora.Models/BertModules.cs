@@ -1,0 +1,234 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace Microsoft.ML.Lora.Models;
+
+// Building blocks of BertModel. Class, field and registered names mirror Hugging Face's modeling_bert.py so that
+// state_dict() keys equal the checkpoint keys. Linear layers are declared as Module<Tensor, Tensor> fields named
+// like the registered module so that lora.inject_adapter_in_model can swap them (registry and field).
+
+internal sealed class BertEmbeddings : Module<Tensor, Tensor, Tensor>
+{
+    private readonly Embedding word_embeddings;
+    private readonly Embedding position_embeddings;
+    private readonly Embedding token_type_embeddings;
+    private readonly LayerNorm LayerNorm;
+    private readonly Dropout dropout;
+
+    public BertEmbeddings(BertConfig config) : base("BertEmbeddings")
+    {
+        word_embeddings = nn.Embedding(config.VocabSize, config.HiddenSize, padding_idx: config.PadTokenId);
+        position_embeddings = nn.Embedding(config.MaxPositionEmbeddings, config.HiddenSize);
+        token_type_embeddings = nn.Embedding(config.TypeVocabSize, config.HiddenSize);
+        LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps);
+        dropout = nn.Dropout(config.HiddenDropoutProb);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor inputIds, Tensor tokenTypeIds)
+    {
+        using var scope = NewDisposeScope();
+        long length = inputIds.shape[1];
+        using var positions = arange(length, dtype: ScalarType.Int64, device: inputIds.device).unsqueeze(0);
+        var embeddings = word_embeddings.forward(inputIds)
+            .add_(token_type_embeddings.forward(tokenTypeIds))
+            .add_(position_embeddings.forward(positions));
+        return dropout.forward(LayerNorm.forward(embeddings)).MoveToOuterDisposeScope();
+    }
+}
+
+internal sealed class BertSelfAttention : Module<Tensor, Tensor, Tensor>
+{
+    private Module<Tensor, Tensor> query;
+    private Module<Tensor, Tensor> key;
+    private Module<Tensor, Tensor> value;
+    private readonly int numHeads;
+    private readonly int headSize;
+    private readonly double attentionDropout;
+
+    public BertSelfAttention(BertConfig config) : base("BertSelfAttention")
+    {
+        numHeads = config.NumAttentionHeads;
+        headSize = config.HeadSize;
+        attentionDropout = config.AttentionProbsDropoutProb;
+        query = nn.Linear(config.HiddenSize, config.HiddenSize);
+        key = nn.Linear(config.HiddenSize, config.HiddenSize);
+        value = nn.Linear(config.HiddenSize, config.HiddenSize);
+        RegisterComponents();
+    }
+
+    /// <param name="hidden">[B, T, H].</param>
+    /// <param name="additiveMask">[B, 1, 1, T], 0 for tokens to attend to and a large negative number for padding.</param>
+    public override Tensor forward(Tensor hidden, Tensor additiveMask)
+    {
+        using var scope = NewDisposeScope();
+        long batch = hidden.shape[0];
+        long length = hidden.shape[1];
+        Tensor Heads(Module<Tensor, Tensor> projection) =>
+            projection.call(hidden).view(batch, length, numHeads, headSize).transpose(1, 2);
+
+        var q = Heads(query);
+        var k = Heads(key);
+        var v = Heads(value);
+        var context = nn.functional.scaled_dot_product_attention(q, k, v, additiveMask, training ? attentionDropout : 0.0, false);
+        return context.transpose(1, 2).reshape(batch, length, numHeads * headSize).MoveToOuterDisposeScope();
+    }
+}
+
+internal sealed class BertSelfOutput : Module<Tensor, Tensor, Tensor>
+{
+    private Module<Tensor, Tensor> dense;
+    private readonly LayerNorm LayerNorm;
+    private readonly Dropout dropout;
+
+    public BertSelfOutput(BertConfig config) : base("BertSelfOutput")
+    {
+        dense = nn.Linear(config.HiddenSize, config.HiddenSize);
+        LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps);
+        dropout = nn.Dropout(config.HiddenDropoutProb);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor hidden, Tensor residual)
+    {
+        using var scope = NewDisposeScope();
+        return LayerNorm.forward(dropout.forward(dense.call(hidden)).add_(residual)).MoveToOuterDisposeScope();
+    }
+}
+
+internal sealed class BertAttention : Module<Tensor, Tensor, Tensor>
+{
+    private readonly BertSelfAttention self;
+    private readonly BertSelfOutput output;
+
+    public BertAttention(BertConfig config) : base("BertAttention")
+    {
+        self = new BertSelfAttention(config);
+        output = new BertSelfOutput(config);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor hidden, Tensor additiveMask)
+    {
+        using var context = self.forward(hidden, additiveMask);
+        return output.forward(context, hidden);
+    }
+}
+
+internal sealed class BertIntermediate : Module<Tensor, Tensor>
+{
+    private Module<Tensor, Tensor> dense;
+    private readonly string activation;
+
+    public BertIntermediate(BertConfig config) : base("BertIntermediate")
+    {
+        dense = nn.Linear(config.HiddenSize, config.IntermediateSize);
+        activation = config.HiddenAct;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor hidden)
+    {
+        using var projected = dense.call(hidden);
+        return activation switch
+        {
+            "gelu" => nn.functional.gelu(projected),
+            "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" => nn.functional.gelu(projected, TorchSharp.Modules.GELU.Approximate.tanh),
+            "relu" => nn.functional.relu(projected),
+            "silu" or "swish" => nn.functional.silu(projected),
+            _ => throw new InvalidOperationException($"Unsupported hidden_act '{activation}'."),
+        };
+    }
+}
+
+internal sealed class BertOutput : Module<Tensor, Tensor, Tensor>
+{
+    private Module<Tensor, Tensor> dense;
+    private readonly LayerNorm LayerNorm;
+    private readonly Dropout dropout;
+
+    public BertOutput(BertConfig config) : base("BertOutput")
+    {
+        dense = nn.Linear(config.IntermediateSize, config.HiddenSize);
+        LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps);
+        dropout = nn.Dropout(config.HiddenDropoutProb);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor intermediate, Tensor residual)
+    {
+        using var scope = NewDisposeScope();
+        return LayerNorm.forward(dropout.forward(dense.call(intermediate)).add_(residual)).MoveToOuterDisposeScope();
+    }
+}
+
+internal sealed class BertLayer : Module<Tensor, Tensor, Tensor>
+{
+    private readonly BertAttention attention;
+    private readonly BertIntermediate intermediate;
+    private readonly BertOutput output;
+
+    public BertLayer(BertConfig config) : base("BertLayer")
+    {
+        attention = new BertAttention(config);
+        intermediate = new BertIntermediate(config);
+        output = new BertOutput(config);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor hidden, Tensor additiveMask)
+    {
+        using var attended = attention.forward(hidden, additiveMask);
+        using var expanded = intermediate.forward(attended);
+        return output.forward(expanded, attended);
+    }
+}
+
+internal sealed class BertEncoder : Module<Tensor, Tensor, Tensor>
+{
+    private readonly ModuleList<BertLayer> layer;
+
+    public BertEncoder(BertConfig config) : base("BertEncoder")
+    {
+        layer = new ModuleList<BertLayer>(Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new BertLayer(config)).ToArray());
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor hidden, Tensor additiveMask)
+    {
+        Tensor current = hidden;
+        foreach (var block in layer)
+        {
+            var next = block.forward(current, additiveMask);
+            if (!ReferenceEquals(current, hidden))
+            {
+                current.Dispose();
+            }
+
+            current = next;
+        }
+
+        return ReferenceEquals(current, hidden) ? hidden.alias() : current;
+    }
+}
+
+internal sealed class BertPooler : Module<Tensor, Tensor>
+{
+    private Module<Tensor, Tensor> dense;
+
+    public BertPooler(BertConfig config) : base("BertPooler")
+    {
+        dense = nn.Linear(config.HiddenSize, config.HiddenSize);
+        RegisterComponents();
+    }
+
+    /// <param name="hidden">Last hidden state [B, T, H]; the [CLS] (first) token is pooled.</param>
+    public override Tensor forward(Tensor hidden)
+    {
+        using var first = hidden.select(1, 0);
+        using var projected = dense.call(first);
+        return projected.tanh();
+    }
+}

@@ -1,0 +1,267 @@
+using System.Globalization;
+using System.Text;
+using Microsoft.ML.Tokenizers;
+
+namespace Microsoft.ML.Lora.Models;
+
+/// <summary>
+/// WordPiece tokenizer for BERT models (Microsoft.ML.Tokenizers' <see cref="BertTokenizer"/> over a <c>vocab.txt</c>),
+/// producing padded batches of <c>[CLS] a [SEP]</c> or <c>[CLS] a [SEP] b [SEP]</c> rows.
+/// </summary>
+/// <remarks>
+/// Defined behaviour on awkward text (tested): empty or whitespace-only text gives no word pieces (the row is
+/// <c>[CLS] [SEP]</c>); control characters are removed and whitespace characters (tab, new line, …) separate words, as
+/// in Hugging Face's BasicTokenizer; a character outside the Basic Multilingual Plane (e.g. an emoji) is kept whole
+/// (never split into surrogate halves) and becomes <c>[UNK]</c> when the vocabulary lacks it; very long text is
+/// truncated to <c>maxLength</c> tokens, and only about <c>maxLength</c> tokens' worth of text is tokenized.
+/// </remarks>
+public sealed class BertTextTokenizer
+{
+    // Word pieces tokenized beyond the limit before truncating, so that cutting the tokenizer's output never
+    // falls inside a word: a word yields at most MaxInputCharsPerWord (100) pieces, else one [UNK].
+    private const int TokenSlack = 128;
+
+    private static readonly string[] RequiredTokens = ["[CLS]", "[SEP]", "[PAD]", "[UNK]"];
+
+    private readonly BertTokenizer tokenizer;
+    private readonly string vocabularyText;
+
+    private BertTextTokenizer(BertTokenizer tokenizer, string vocabularyText, bool lowerCase, bool stripAccents)
+    {
+        this.tokenizer = tokenizer;
+        this.vocabularyText = vocabularyText;
+        LowerCase = lowerCase;
+        StripAccents = stripAccents;
+    }
+
+    /// <summary>Whether text is lower-cased before WordPiece (uncased models).</summary>
+    public bool LowerCase { get; }
+
+    /// <summary>Whether accents (non-spacing marks after NFD) are removed before WordPiece.</summary>
+    public bool StripAccents { get; }
+
+    /// <summary>Id of [PAD].</summary>
+    public int PadTokenId => tokenizer.PaddingTokenId;
+
+    /// <summary>Id of [CLS].</summary>
+    public int ClsTokenId => tokenizer.ClassificationTokenId;
+
+    /// <summary>Id of [SEP].</summary>
+    public int SepTokenId => tokenizer.SeparatorTokenId;
+
+    /// <summary>Id of [UNK].</summary>
+    public int UnknownTokenId => tokenizer.UnknownTokenId;
+
+    /// <summary>The vocabulary text (one token per line, '\n' line ends), as written to vocab.txt on export.</summary>
+    internal string VocabularyText => vocabularyText;
+
+    /// <summary>Creates the tokenizer from a <c>vocab.txt</c> stream (UTF-8, one token per line; CRLF or LF).</summary>
+    /// <param name="vocab">The vocabulary; read to its end, not disposed.</param>
+    /// <param name="lowerCase">Lower-case text first (uncased models). Default true.</param>
+    /// <param name="stripAccents">Remove accents (non-spacing marks). Default true.</param>
+    /// <returns>The tokenizer.</returns>
+    /// <exception cref="ArgumentException">The vocabulary is empty or lacks [CLS], [SEP], [PAD] or [UNK].</exception>
+    public static BertTextTokenizer FromVocab(Stream vocab, bool lowerCase = true, bool stripAccents = true)
+    {
+        ArgumentNullException.ThrowIfNull(vocab);
+        using var reader = new StreamReader(vocab, Encoding.UTF8, detectEncodingFromByteOrderMarks: true, leaveOpen: true);
+        string text = reader.ReadToEnd().Replace("\r\n", "\n", StringComparison.Ordinal).Replace('\r', '\n');
+        var lines = text.Split('\n').ToList();
+        while (lines.Count > 0 && lines[^1].Length == 0)
+        {
+            lines.RemoveAt(lines.Count - 1);
+        }
+
+        if (lines.Count == 0)
+        {
+            throw new ArgumentException("The vocabulary is empty; expected one WordPiece token per line.", nameof(vocab));
+        }
+
+        var present = new HashSet<string>(lines, StringComparer.Ordinal);
+        var absent = RequiredTokens.Where(t => !present.Contains(t)).ToList();
+        if (absent.Count > 0)
+        {
+            throw new ArgumentException($"The vocabulary lacks the special token(s) {string.Join(", ", absent)}.", nameof(vocab));
+        }
+
+        string normalized = string.Join('\n', lines) + "\n";
+        var options = new BertOptions
+        {
+            LowerCaseBeforeTokenization = lowerCase,
+            RemoveNonSpacingMarks = stripAccents,
+            ApplyBasicTokenization = true,
+            IndividuallyTokenizeCjk = true,
+            SplitOnSpecialTokens = true,
+        };
+        using var stream = new MemoryStream(Encoding.UTF8.GetBytes(normalized));
+        var tokenizer = BertTokenizer.Create(stream, options);
+        return new BertTextTokenizer(tokenizer, normalized, lowerCase, stripAccents);
+    }
+
+    /// <summary>Creates the tokenizer from a <c>vocab.txt</c> file.</summary>
+    /// <param name="path">Path of vocab.txt.</param>
+    /// <param name="lowerCase">Lower-case text first (uncased models). Default true.</param>
+    /// <param name="stripAccents">Remove accents. Default true.</param>
+    /// <returns>The tokenizer.</returns>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    public static BertTextTokenizer FromVocabFile(string path, bool lowerCase = true, bool stripAccents = true)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        if (!File.Exists(path))
+        {
+            throw new FileNotFoundException($"Vocabulary file '{path}' does not exist.", path);
+        }
+
+        using var stream = File.OpenRead(path);
+        try
+        {
+            return FromVocab(stream, lowerCase, stripAccents);
+        }
+        catch (ArgumentException e)
+        {
+            throw new ArgumentException($"'{path}': {e.Message}", nameof(path), e);
+        }
+    }
+
+    /// <summary>Word-piece ids of one text, without special tokens and without truncation.</summary>
+    /// <param name="text">The text.</param>
+    /// <returns>The ids.</returns>
+    public IReadOnlyList<int> Tokenize(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        return tokenizer.EncodeToIds(text, addSpecialTokens: false, considerPreTokenization: true, considerNormalization: true);
+    }
+
+    /// <summary>
+    /// Tokenizes a batch: rows <c>[CLS] text [SEP]</c>, or <c>[CLS] text [SEP] pair [SEP]</c> when
+    /// <paramref name="pairs"/> is given, truncated to <paramref name="maxLength"/> tokens and padded with [PAD] to
+    /// the longest row of the batch (dynamic padding).
+    /// </summary>
+    /// <param name="texts">The first texts; at least one; no null entries.</param>
+    /// <param name="pairs">Optional second texts, as many as <paramref name="texts"/>; no null entries.</param>
+    /// <param name="maxLength">Most tokens per row, special tokens included (at least 2, or 3 with pairs).</param>
+    /// <returns>The batch.</returns>
+    /// <remarks>
+    /// Pairs are truncated longest-first as Hugging Face's fast tokenizers do: with budget
+    /// <c>m = maxLength - 3</c>, the shorter text keeps up to its length (but at least m/2 is left to the longer), and
+    /// when both exceed half, the first gets floor(m/2) and the second ceil(m/2) (or the reverse if the first was longer).
+    /// </remarks>
+    /// <exception cref="ArgumentException">A text is null, the list is empty, or the pair count differs.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxLength"/> is too small.</exception>
+    public EncodedBatch Encode(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs, int maxLength)
+    {
+        ArgumentNullException.ThrowIfNull(texts);
+        if (texts.Count == 0)
+        {
+            throw new ArgumentException("At least one text is required.", nameof(texts));
+        }
+
+        if (pairs is not null && pairs.Count != texts.Count)
+        {
+            throw new ArgumentException(
+                string.Create(CultureInfo.InvariantCulture, $"pairs has {pairs.Count} entries but texts has {texts.Count}; they must be equal."),
+                nameof(pairs));
+        }
+
+        int specials = pairs is null ? 2 : 3;
+        if (maxLength < specials)
+        {
+            throw new ArgumentOutOfRangeException(nameof(maxLength), maxLength, $"maxLength must be at least {specials} (room for the special tokens).");
+        }
+
+        int budget = maxLength - specials;
+        var rows = new List<(List<int> First, List<int>? Second)>(texts.Count);
+        for (int i = 0; i < texts.Count; i++)
+        {
+            string text = texts[i] ?? throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"texts[{i}] is null."), nameof(texts));
+            var first = TokenizeBounded(text, budget);
+            if (pairs is null)
+            {
+                Truncate(first, budget);
+                rows.Add((first, null));
+                continue;
+            }
+
+            string pair = pairs[i] ?? throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"pairs[{i}] is null."), nameof(pairs));
+            var second = TokenizeBounded(pair, budget);
+            var (n1, n2) = LongestFirst(first.Count, second.Count, budget);
+            Truncate(first, n1);
+            Truncate(second, n2);
+            rows.Add((first, second));
+        }
+
+        int length = rows.Max(r => r.First.Count + (r.Second?.Count ?? 0)) + specials;
+        var ids = new long[rows.Count * length];
+        var mask = new long[rows.Count * length];
+        var types = new long[rows.Count * length];
+        Array.Fill(ids, PadTokenId);
+        for (int r = 0; r < rows.Count; r++)
+        {
+            int offset = r * length;
+            int position = 0;
+            void Put(int id, int type)
+            {
+                ids[offset + position] = id;
+                mask[offset + position] = 1;
+                types[offset + position] = type;
+                position++;
+            }
+
+            Put(ClsTokenId, 0);
+            foreach (int id in rows[r].First)
+            {
+                Put(id, 0);
+            }
+
+            Put(SepTokenId, 0);
+            if (rows[r].Second is { } second)
+            {
+                foreach (int id in second)
+                {
+                    Put(id, 1);
+                }
+
+                Put(SepTokenId, 1);
+            }
+        }
+
+        return new EncodedBatch(rows.Count, length, ids, mask, types);
+    }
+
+    /// <summary>Hugging Face tokenizers' longest-first lengths for a pair under a budget.</summary>
+    internal static (int First, int Second) LongestFirst(int first, int second, int budget)
+    {
+        if (first + second <= budget)
+        {
+            return (first, second);
+        }
+
+        bool swap = first > second;
+        int n1 = swap ? second : first;
+        int n2 = swap ? first : second;
+        n2 = n1 > budget ? n1 : Math.Max(n1, budget - n1);
+        if (n1 + n2 > budget)
+        {
+            n1 = budget / 2;
+            n2 = n1 + (budget % 2);
+        }
+
+        return swap ? (n2, n1) : (n1, n2);
+    }
+
+    private List<int> TokenizeBounded(string text, int budget)
+    {
+        // The tokenizer stops after about budget + slack tokens, so very long texts cost little.
+        int limit = budget + TokenSlack;
+        var ids = tokenizer.EncodeToIds(text, limit, addSpecialTokens: false, out _, out _, considerPreTokenization: true, considerNormalization: true);
+        return [.. ids];
+    }
+
+    private static void Truncate(List<int> ids, int count)
+    {
+        if (ids.Count > count)
+        {
+            ids.RemoveRange(count, ids.Count - count);
+        }
+    }
+}

@@ -1,0 +1,48 @@
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Models;
+
+/// <summary>
+/// A tokenized batch, padded to its longest row: row-major [BatchSize, SequenceLength] arrays of token ids,
+/// attention mask (1 real, 0 padding) and token type ids (0 first segment, 1 second segment, 0 padding).
+/// </summary>
+public sealed class EncodedBatch
+{
+    internal EncodedBatch(int batchSize, int sequenceLength, long[] inputIds, long[] attentionMask, long[] tokenTypeIds)
+    {
+        BatchSize = batchSize;
+        SequenceLength = sequenceLength;
+        InputIds = inputIds;
+        AttentionMask = attentionMask;
+        TokenTypeIds = tokenTypeIds;
+    }
+
+    /// <summary>Number of rows.</summary>
+    public int BatchSize { get; }
+
+    /// <summary>Tokens per row (the longest row; shorter rows are padded).</summary>
+    public int SequenceLength { get; }
+
+    /// <summary>Token ids, row-major [BatchSize × SequenceLength]; padding uses the vocabulary's [PAD] id.</summary>
+#pragma warning disable CA1819 // Properties should not return arrays: the contract exposes the raw row-major buffers.
+    public long[] InputIds { get; }
+
+    /// <summary>Attention mask, row-major: 1 for real tokens (including [CLS]/[SEP]), 0 for padding.</summary>
+    public long[] AttentionMask { get; }
+
+    /// <summary>Token type ids, row-major: 0 for [CLS], the first text and its [SEP]; 1 for the second text and its [SEP]; 0 for padding.</summary>
+    public long[] TokenTypeIds { get; }
+#pragma warning restore CA1819
+
+    /// <summary>Creates int64 tensors [BatchSize, SequenceLength] of ids, mask and token types.</summary>
+    /// <param name="device">Where to create them; the CPU when null.</param>
+    /// <returns>The three tensors; the caller owns (disposes) them.</returns>
+    public (Tensor ids, Tensor mask, Tensor types) ToTensors(Device? device = null)
+    {
+        long[] shape = [BatchSize, SequenceLength];
+        var ids = tensor(InputIds, shape, ScalarType.Int64, device);
+        var mask = tensor(AttentionMask, shape, ScalarType.Int64, device);
+        var types = tensor(TokenTypeIds, shape, ScalarType.Int64, device);
+        return (ids, mask, types);
+    }
+}

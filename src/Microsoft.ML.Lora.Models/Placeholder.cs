@@ -1,2 +1,0 @@
-namespace Microsoft.ML.Lora.Models;
-internal static class Placeholder { }
