@@ -5,6 +5,9 @@ using Microsoft.ML.Lora.Engine;
 using Microsoft.ML.Lora.Internal;
 using Microsoft.ML.Runtime;
 
+// Errors about an option name the LoraFineTuningOptions field as the parameter, as the user set it there.
+#pragma warning disable CA2208
+
 namespace Microsoft.ML.Lora;
 
 /// <summary>
@@ -121,7 +124,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
     {
         ArgumentNullException.ThrowIfNull(inputSchema);
         var columns = inputSchema.ToDictionary(c => c.Name);
-        if (!inputSchema.TryFindColumn(options.LabelColumnName, out var label))
+        if (!columns.TryGetValue(options.LabelColumnName, out var label))
         {
             throw new ArgumentOutOfRangeException(nameof(inputSchema), $"The input has no label column '{options.LabelColumnName}' (expected a key type, Boolean or Single).");
         }
@@ -136,7 +139,8 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
         if (label.IsKey && label.Kind == scalar)
         {
             var slotNames = MlNetHost.Column(AnnotationUtils.Kinds.SlotNames, SchemaShape.Column.VectorKind.Vector, TextDataViewType.Instance, false);
-            bool hasKeyValues = label.Annotations.TryFindColumn(AnnotationUtils.Kinds.KeyValues, out var keyValues);
+            var keyValues = label.Annotations.FirstOrDefault(c => c.Name == AnnotationUtils.Kinds.KeyValues);
+            bool hasKeyValues = keyValues.Name is not null;
             columns[options.ScoreColumnName] = MlNetHost.Column(options.ScoreColumnName, SchemaShape.Column.VectorKind.Vector, NumberDataViewType.Single, false,
                 hasKeyValues ? new SchemaShape([slotNames]) : null);
             columns[options.PredictedLabelColumnName] = MlNetHost.Column(options.PredictedLabelColumnName, scalar, NumberDataViewType.UInt32, true,
@@ -172,7 +176,8 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
 
     private static void CheckTextShape(SchemaShape schema, string name, string role)
     {
-        if (!schema.TryFindColumn(name, out var column))
+        var column = schema.FirstOrDefault(c => c.Name == name);
+        if (column.Name is null)
         {
             throw new ArgumentOutOfRangeException(nameof(schema), $"The input has no {role} column '{name}' (expected type String).");
         }

@@ -1,3 +1,4 @@
+using Microsoft.ML.Data;
 using Microsoft.ML.Lora.Models;
 
 namespace Microsoft.ML.Lora;
@@ -24,6 +25,7 @@ namespace Microsoft.ML.Lora;
 /// <see cref="bool"/> column a binary classifier, a <see cref="float"/> column a regression model.
 /// </para>
 /// </remarks>
+#pragma warning disable CA1051 // Public fields: the ML.NET options style (object initialisers, as Microsoft.ML.TorchSharp's options).
 public sealed class LoraFineTuningOptions
 {
     /// <summary>Label column: key type (multiclass), <see cref="bool"/> (binary) or <see cref="float"/> (regression). Default "Label".</summary>
@@ -118,6 +120,12 @@ public sealed class LoraFineTuningOptions
     /// <summary>Optimizer steps between progress reports on the MLContext log and <see cref="Progress"/>. Default 10.</summary>
     public int ProgressInterval = 10;
 
+    /// <summary>
+    /// Cancels training (an <see cref="OperationCanceledException"/> from <c>Fit</c> within one batch). ML.NET's own
+    /// <c>MLContext.CancelExecution()</c> is internal in ML.NET 5 (used by AutoML); it is honoured too.
+    /// </summary>
+    public CancellationToken CancellationToken;
+
     /// <summary>Optional receiver of training progress (epoch, step, loss, learning rate, rows/s, ETA), in addition to <c>mlContext.Log</c>.</summary>
     public IProgress<LoraTrainingProgress>? Progress;
 
@@ -129,3 +137,4 @@ public sealed class LoraFineTuningOptions
         return copy;
     }
 }
+#pragma warning restore CA1051

@@ -15,10 +15,19 @@ namespace Microsoft.ML.Lora;
 /// <remarks>
 /// <c>mlContext.Model.Save</c> writes the options, the label's key values, the base-model reference (kind, location,
 /// weights SHA-256) and only the LoRA and head tensors; <c>mlContext.Model.Load</c> rebuilds the model from the base
-/// model on this machine and checks its fingerprint. Dispose the transformer to release native memory promptly.
+/// model on this machine and checks its fingerprint.
+/// <para>
+/// Lifetime: <see cref="Dispose"/> releases native memory promptly. ML.NET's <c>PredictionEngine</c> disposes the
+/// transformer it was created from when it is disposed (unless created with <c>OwnsTransformer = false</c>), which would
+/// break other engines sharing the model (as in a pool). So each row mapper handed out (one per engine) takes a reference,
+/// each <see cref="Dispose"/> call releases one, and the weights are freed when the last reference is released.
+/// </para>
 /// </remarks>
 public sealed class LoraTransformer : ITransformer, IDisposable
 {
+    private readonly Lock gate = new();
+    private int references = 1;
+
     internal LoraTransformer(LoraTextModel model, ColumnNames columns, int inferenceBatchSize)
     {
         Model = model;
@@ -66,7 +75,14 @@ public sealed class LoraTransformer : ITransformer, IDisposable
     public IRowToRowMapper GetRowToRowMapper(DataViewSchema inputSchema)
     {
         ArgumentNullException.ThrowIfNull(inputSchema);
-        return new LoraRowMapper(this, inputSchema);
+        var mapper = new LoraRowMapper(this, inputSchema);
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(references == 0, this);
+            references++;
+        }
+
+        return mapper;
     }
 
     /// <summary>Lazily adds the prediction columns; one forward pass per <see cref="LoraFineTuningOptions.InferenceBatchSize"/> rows.</summary>
@@ -78,6 +94,20 @@ public sealed class LoraTransformer : ITransformer, IDisposable
 
     void ICanSaveModel.Save(ModelSaveContext ctx) => LoraModelFile.Save(this, ctx);
 
-    /// <summary>Releases the native memory of the model. Later predictions throw <see cref="ObjectDisposedException"/>.</summary>
-    public void Dispose() => Model.Dispose();
+    /// <summary>
+    /// Releases one reference (see the remarks); the last one frees the native memory of the model, after which predictions
+    /// throw <see cref="ObjectDisposedException"/>.
+    /// </summary>
+    public void Dispose()
+    {
+        lock (gate)
+        {
+            if (references == 0 || --references > 0)
+            {
+                return;
+            }
+        }
+
+        Model.Dispose();
+    }
 }

@@ -98,7 +98,8 @@ internal sealed class LabelInfo
         }
 
         var names = new VBuffer<ReadOnlyMemory<char>>(KeyValues.Count, KeyValues.Select(v => v.AsMemory()).ToArray());
-        builder.AddSlotNames(KeyValues.Count, (ref VBuffer<ReadOnlyMemory<char>> value) => names.CopyTo(ref value));
+        builder.Add(AnnotationUtils.Kinds.SlotNames, new VectorDataViewType(TextDataViewType.Instance, KeyValues.Count),
+            (ref VBuffer<ReadOnlyMemory<char>> value) => names.CopyTo(ref value));
     }
 
     private void AddNumber(DataViewSchema.Annotations.Builder builder, NumberDataViewType type)

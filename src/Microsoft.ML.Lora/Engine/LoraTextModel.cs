@@ -3,6 +3,9 @@ using Microsoft.ML.Lora.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
+// Errors about an option name the LoraFineTuningOptions field as the parameter, as the user set it there.
+#pragma warning disable CA2208
+
 namespace Microsoft.ML.Lora.Engine;
 
 /// <summary>
@@ -61,6 +64,9 @@ internal sealed class LoraTextModel : IDisposable
                 lora_dropout = settings.Dropout,
                 target_modules = settings.TargetModules.ToList(),
                 use_rslora = settings.UseRsLora,
+
+                // With mean pooling the pooler (present in some exports) is unused: an adapter there would never train.
+                exclude_modules = settings.Pooling == PoolingMode.Mean ? ["pooler.dense"] : null,
             };
             var adapted = lora.inject_adapter_in_model(config, model);
             if (adapted.Count == 0)

@@ -58,12 +58,12 @@ internal sealed class LoraTrainer
         double bestValidation = double.PositiveInfinity;
         SortedDictionary<string, Tensor>? best = null;
         int epochsWithoutImprovement = 0;
-        channel.Info(string.Create(CultureInfo.InvariantCulture,
+        MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
             $"LoRA fine-tuning: {rowCount} rows, {options.MaxEpochs} epochs, {totalSteps} optimizer steps ({warmupSteps} warm-up), batch {options.BatchSize} x {options.GradientAccumulationSteps}, device {model.Device}, trainable parameters {model.TrainableParameterCount} of {model.TotalParameterCount}, adapted modules {model.AdaptedModules.Count}."));
 
         for (int epoch = 1; epoch <= options.MaxEpochs; epoch++)
         {
-            MlNetHost.CheckAlive(env);
+            CheckCanceled();
             model.Model.train();
             var rows = data.Rows();
             if (options.Shuffle)
@@ -78,7 +78,7 @@ internal sealed class LoraTrainer
             optimizer.zero_grad();
             foreach (var batch in rows.Chunk(options.BatchSize))
             {
-                MlNetHost.CheckAlive(env);
+                CheckCanceled();
                 double loss = ForwardBackward(batch);
                 if (!double.IsFinite(loss))
                 {
@@ -117,7 +117,7 @@ internal sealed class LoraTrainer
             Report(epoch, totalSteps, intervalRows > 0 ? intervalLoss / intervalRows : EpochLosses[^1], learningRate, rowsSeen, stopwatch.Elapsed, validationLoss);
             intervalLoss = 0;
             intervalRows = 0;
-            channel.Info(string.Create(CultureInfo.InvariantCulture,
+            MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
                 $"Epoch {epoch}/{options.MaxEpochs}: training loss {EpochLosses[^1]:F4}{(validationLoss is null ? string.Empty : $", validation loss {validationLoss:F4}")}, {stopwatch.Elapsed.TotalSeconds:F1} s."));
 
             if (validationLoss is double v)
@@ -131,7 +131,7 @@ internal sealed class LoraTrainer
                 }
                 else if (++epochsWithoutImprovement >= options.EarlyStoppingPatience)
                 {
-                    channel.Info(string.Create(CultureInfo.InvariantCulture,
+                    MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
                         $"Early stopping after epoch {epoch}: no validation improvement for {epochsWithoutImprovement} epochs; keeping the adapter with validation loss {bestValidation:F4}."));
                     break;
                 }
@@ -139,6 +139,12 @@ internal sealed class LoraTrainer
         }
 
         return best;
+    }
+
+    private void CheckCanceled()
+    {
+        MlNetHost.CheckAlive(env);
+        options.CancellationToken.ThrowIfCancellationRequested();
     }
 
     private double ForwardBackward(TrainingRow[] batch)
@@ -215,7 +221,7 @@ internal sealed class LoraTrainer
         long count = 0;
         foreach (var batch in validation!.Rows().Chunk(options.InferenceBatchSize))
         {
-            MlNetHost.CheckAlive(env);
+            CheckCanceled();
             using var scope = torch.NewDisposeScope();
             using var noGrad = torch.no_grad();
             var texts = batch.Select(r => r.Text).ToArray();
@@ -233,7 +239,7 @@ internal sealed class LoraTrainer
         double rowsPerSecond = rowsSeen / Math.Max(elapsed.TotalSeconds, 1e-9);
         var remaining = Steps > 0 ? TimeSpan.FromSeconds(elapsed.TotalSeconds / Steps * Math.Max(0, totalSteps - Steps)) : TimeSpan.Zero;
         var report = new LoraTrainingProgress(epoch, options.MaxEpochs, Steps, totalSteps, loss, learningRate, rowsPerSecond, elapsed, remaining, validationLoss);
-        channel.Info(string.Create(CultureInfo.InvariantCulture,
+        MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
             $"epoch {epoch}/{options.MaxEpochs} step {Steps}/{totalSteps} loss {loss:F4} lr {learningRate:G3} {rowsPerSecond:F1} rows/s ETA {remaining:hh\\:mm\\:ss}"));
         options.Progress?.Report(report);
     }

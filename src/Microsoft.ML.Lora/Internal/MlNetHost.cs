@@ -23,6 +23,15 @@ internal static class MlNetHost
     /// <summary>Throws <see cref="OperationCanceledException"/> once <c>mlContext.CancelExecution()</c> was called.</summary>
     public static void CheckAlive(IHostEnvironment env) => env.CheckAlive();
 
+    /// <summary>Writes an informational message to the channel (shown by <c>mlContext.Log</c>).</summary>
+    public static void Info(IChannel channel, string message) => channel.Info(message);
+
+    /// <summary>Requests cancellation as <c>mlContext.CancelExecution()</c> does (internal in ML.NET 5; used by tests).</summary>
+    public static void CancelExecution(MLContext context) => context.CancelExecution();
+
+    /// <summary><c>SchemaShape.Create</c> (internal in ML.NET 5; used by tests).</summary>
+    public static SchemaShape ShapeOf(DataViewSchema schema) => SchemaShape.Create(schema);
+
     public static SchemaShape.Column Column(string name, SchemaShape.Column.VectorKind kind, DataViewType itemType, bool isKey, SchemaShape? annotations = null)
         => new(name, kind, itemType, isKey, annotations);
 }
