@@ -275,6 +275,29 @@ public sealed class LoraFineTuningTests
     }
 
     [TestMethod]
+    public void Fit_CancellationToken_ThrowsOperationCanceled()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(TinyBert.Sentences(200, 2, 4).Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
+        using var cancellation = new CancellationTokenSource();
+        var options = FastOptions(baseModel);
+        options.MaxEpochs = 50;
+        options.BatchSize = 4;
+        options.ProgressInterval = 1;
+        options.CancellationToken = cancellation.Token;
+        int reports = 0;
+        options.Progress = new SynchronousProgress<LoraTrainingProgress>(_ =>
+        {
+            if (++reports == 2)
+            {
+                cancellation.Cancel();
+            }
+        });
+        Assert.Throws<OperationCanceledException>(() => ml.Transforms.LoraFineTune(options).Fit(data));
+        Assert.AreEqual(2, reports);
+    }
+
+    [TestMethod]
     public void Fit_Progress_ReportsStepsLossAndSchedule()
     {
         var ml = new MLContext(seed: 1);
