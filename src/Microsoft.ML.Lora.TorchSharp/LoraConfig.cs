@@ -20,7 +20,9 @@ public sealed class LoraConfig
 
     /// <summary>
     /// Module names to adapt: a name matches a module path when it equals it or is a dot-aligned suffix of it
-    /// (<c>query</c>, <c>attention.output.dense</c>); or the single name <c>"all-linear"</c>. Ignored when
+    /// (<c>query</c>, <c>attention.output.dense</c>); or the single name <c>"all-linear"</c>: every Linear except output
+    /// heads (last name segment <c>lm_head</c>, <c>classifier</c>, <c>score</c> or <c>qa_outputs</c>) and
+    /// <see cref="modules_to_save"/>. Ignored when
     /// <see cref="target_modules_regex"/> is set.
     /// </summary>
     public IList<string>? target_modules { get; set; }

@@ -14,7 +14,7 @@ internal static class LoraInjector
     /// <summary>Linear layers that "all-linear" leaves alone: output heads, as PEFT skips the output embedding layer.</summary>
     private static readonly HashSet<string> OutputHeadNames = new(StringComparer.Ordinal)
     {
-        "lm_head", "classifier", "score", "qa_outputs", "cls",
+        "lm_head", "classifier", "score", "qa_outputs",
     };
 
     private static readonly FieldInfo RegistryField = typeof(nn.Module).GetField(
@@ -49,10 +49,10 @@ internal static class LoraInjector
                 continue;
             }
 
-            CheckSupported(module, path, config);
             var r = PatternValue(config.rank_pattern, path, config.r);
             var alpha = PatternValue(config.alpha_pattern, path, config.lora_alpha);
             LoraArguments.Check(r, alpha, config.lora_dropout);
+            CheckSupported(module, path, r, config);
             var split = path.LastIndexOf('.');
             var parent = byPath[split < 0 ? "" : path[..split]];
             var name = path[(split + 1)..];
@@ -123,7 +123,7 @@ internal static class LoraInjector
     }
 
     /// <summary>Throws unless <paramref name="module"/> is a type LoRA can replace (checked before anything changes).</summary>
-    private static void CheckSupported(nn.Module module, string path, LoraConfig config)
+    private static void CheckSupported(nn.Module module, string path, int r, LoraConfig config)
     {
         if (module is not (TorchModules.Linear or TorchModules.Embedding or TorchModules.Convolution { transposed: false }))
         {
@@ -137,6 +137,13 @@ internal static class LoraInjector
             throw new ArgumentException(
                 $"Convolution '{path}' uses padding {(conv.padding is null ? conv.padding_type.ToString() : conv.padding_mode.ToString())}; " +
                 "LoRA supports explicit zero padding only.", nameof(config));
+        }
+
+        if (module is TorchModules.Convolution grouped && r % grouped.groups != 0)
+        {
+            throw new ArgumentException(
+                $"Convolution '{path}' has groups = {grouped.groups}; its rank ({r}) must be divisible by it (see rank_pattern).",
+                nameof(config));
         }
     }
 

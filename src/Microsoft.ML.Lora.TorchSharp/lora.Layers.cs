@@ -61,7 +61,7 @@ public static partial class lora
         double lora_dropout = 0, bool merge_weights = true, long stride = 1, long padding = 0, long dilation = 1, long groups = 1,
         bool bias = true, bool use_rslora = false, string init_lora_weights = "true", Device? device = null, ScalarType? dtype = null)
     {
-        var (w, b, init) = ConvBase(1, in_channels, out_channels, kernel_size, r, lora_alpha, lora_dropout, groups, bias, init_lora_weights, device, dtype);
+        var (w, b, init) = ConvBase(in_channels, out_channels, [kernel_size], r, lora_alpha, lora_dropout, groups, bias, init_lora_weights, device, dtype);
         return new Modules.Conv1d(w, b, [stride], [padding], [dilation], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init);
     }
 
@@ -87,7 +87,7 @@ public static partial class lora
         double lora_dropout = 0, bool merge_weights = true, long stride = 1, long padding = 0, long dilation = 1, long groups = 1,
         bool bias = true, bool use_rslora = false, string init_lora_weights = "true", Device? device = null, ScalarType? dtype = null)
     {
-        var (w, b, init) = ConvBase(2, in_channels, out_channels, kernel_size, r, lora_alpha, lora_dropout, groups, bias, init_lora_weights, device, dtype);
+        var (w, b, init) = ConvBase(in_channels, out_channels, [kernel_size, kernel_size], r, lora_alpha, lora_dropout, groups, bias, init_lora_weights, device, dtype);
         return new Modules.Conv2d(w, b, [stride, stride], [padding, padding], [dilation, dilation], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init);
     }
 
@@ -113,17 +113,21 @@ public static partial class lora
         double lora_dropout = 0, bool merge_weights = true, long stride = 1, long padding = 0, long dilation = 1, long groups = 1,
         bool bias = true, bool use_rslora = false, string init_lora_weights = "true", Device? device = null, ScalarType? dtype = null)
     {
-        var (w, b, init) = ConvBase(3, in_channels, out_channels, kernel_size, r, lora_alpha, lora_dropout, groups, bias, init_lora_weights, device, dtype);
+        var (w, b, init) = ConvBase(in_channels, out_channels, [kernel_size, kernel_size, kernel_size], r, lora_alpha, lora_dropout, groups, bias, init_lora_weights, device, dtype);
         return new Modules.Conv3d(w, b, [stride, stride, stride], [padding, padding, padding], [dilation, dilation, dilation], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init);
     }
 
-    private static (TorchSharp.Modules.Parameter weight, TorchSharp.Modules.Parameter? bias, LoraInitKind init) ConvBase(int dims, long in_channels,
-        long out_channels, long kernel_size, int r, double lora_alpha, double lora_dropout, long groups, bool bias,
+    private static (TorchSharp.Modules.Parameter weight, TorchSharp.Modules.Parameter? bias, LoraInitKind init) ConvBase(long in_channels,
+        long out_channels, long[] kernel_size, int r, double lora_alpha, double lora_dropout, long groups, bool bias,
         string init_lora_weights, Device? device, ScalarType? dtype)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(in_channels);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(out_channels);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kernel_size);
+        foreach (var k in kernel_size)
+        {
+            ArgumentOutOfRangeException.ThrowIfNegativeOrZero(k, nameof(kernel_size));
+        }
+
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(groups);
         LoraArguments.Check(r, lora_alpha, lora_dropout);
         if (in_channels % groups != 0)
@@ -132,7 +136,7 @@ public static partial class lora
         }
 
         var init = LoraArguments.ParseInit(init_lora_weights);
-        long[] shape = [out_channels, in_channels / groups, .. Enumerable.Repeat(kernel_size, dims)];
+        long[] shape = [out_channels, in_channels / groups, .. kernel_size];
         var (w, b) = BaseInit.Conv(shape, bias, device, dtype);
         return (LoraArguments.NewParameter(w), b is null ? null : LoraArguments.NewParameter(b), init);
     }
@@ -176,5 +180,65 @@ public static partial class lora
 
         return new Modules.MergedLinear(LoraArguments.NewParameter(w), b is null ? null : LoraArguments.NewParameter(b),
             r, lora_alpha, lora_dropout, enable_lora, fan_in_fan_out, merge_weights, use_rslora, init);
+    }
+
+    /// <summary>Creates a 2-D LoRA convolution with per-dimension sizes, as TorchSharp's tuple overload of <c>nn.Conv2d</c>.</summary>
+    /// <param name="in_channels">Input channels.</param>
+    /// <param name="out_channels">Output channels.</param>
+    /// <param name="kernel_size">Kernel size (height, width).</param>
+    /// <param name="r">Rank of the update (default 0); must be divisible by <paramref name="groups"/>.</param>
+    /// <param name="lora_alpha">α (default 1).</param>
+    /// <param name="lora_dropout">Dropout on the LoRA branch input, in [0, 1) (default 0).</param>
+    /// <param name="merge_weights">Merge on <c>eval()</c>, unmerge on <c>train()</c> (default true).</param>
+    /// <param name="stride">Stride (default (1, 1)).</param>
+    /// <param name="padding">Zero padding (default (0, 0)).</param>
+    /// <param name="dilation">Dilation (default (1, 1)).</param>
+    /// <param name="groups">Blocked connections from input to output channels (default 1).</param>
+    /// <param name="bias">Whether the layer has a bias (default true).</param>
+    /// <param name="use_rslora">Scale by α/√r (default false).</param>
+    /// <param name="init_lora_weights">"true", "gaussian" or "false".</param>
+    /// <param name="device">Device of the parameters.</param>
+    /// <param name="dtype">Type of the base parameters.</param>
+    /// <returns>The layer, in training mode.</returns>
+    public static Modules.Conv2d Conv2d(long in_channels, long out_channels, (long, long) kernel_size, int r = 0, double lora_alpha = 1,
+        double lora_dropout = 0, bool merge_weights = true, (long, long)? stride = null, (long, long)? padding = null,
+        (long, long)? dilation = null, long groups = 1, bool bias = true, bool use_rslora = false, string init_lora_weights = "true",
+        Device? device = null, ScalarType? dtype = null)
+    {
+        var (w, b, init) = ConvBase(in_channels, out_channels, [kernel_size.Item1, kernel_size.Item2], r, lora_alpha, lora_dropout, groups, bias, init_lora_weights, device, dtype);
+        var s = stride ?? (1, 1);
+        var p = padding ?? (0, 0);
+        var d = dilation ?? (1, 1);
+        return new Modules.Conv2d(w, b, [s.Item1, s.Item2], [p.Item1, p.Item2], [d.Item1, d.Item2], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init);
+    }
+
+    /// <summary>Creates a 3-D LoRA convolution with per-dimension sizes, as TorchSharp's tuple overload of <c>nn.Conv3d</c>.</summary>
+    /// <param name="in_channels">Input channels.</param>
+    /// <param name="out_channels">Output channels.</param>
+    /// <param name="kernel_size">Kernel size (depth, height, width).</param>
+    /// <param name="r">Rank of the update (default 0); must be divisible by <paramref name="groups"/>.</param>
+    /// <param name="lora_alpha">α (default 1).</param>
+    /// <param name="lora_dropout">Dropout on the LoRA branch input, in [0, 1) (default 0).</param>
+    /// <param name="merge_weights">Merge on <c>eval()</c>, unmerge on <c>train()</c> (default true).</param>
+    /// <param name="stride">Stride (default (1, 1, 1)).</param>
+    /// <param name="padding">Zero padding (default (0, 0, 0)).</param>
+    /// <param name="dilation">Dilation (default (1, 1, 1)).</param>
+    /// <param name="groups">Blocked connections from input to output channels (default 1).</param>
+    /// <param name="bias">Whether the layer has a bias (default true).</param>
+    /// <param name="use_rslora">Scale by α/√r (default false).</param>
+    /// <param name="init_lora_weights">"true", "gaussian" or "false".</param>
+    /// <param name="device">Device of the parameters.</param>
+    /// <param name="dtype">Type of the base parameters.</param>
+    /// <returns>The layer, in training mode.</returns>
+    public static Modules.Conv3d Conv3d(long in_channels, long out_channels, (long, long, long) kernel_size, int r = 0, double lora_alpha = 1,
+        double lora_dropout = 0, bool merge_weights = true, (long, long, long)? stride = null, (long, long, long)? padding = null,
+        (long, long, long)? dilation = null, long groups = 1, bool bias = true, bool use_rslora = false, string init_lora_weights = "true",
+        Device? device = null, ScalarType? dtype = null)
+    {
+        var (w, b, init) = ConvBase(in_channels, out_channels, [kernel_size.Item1, kernel_size.Item2, kernel_size.Item3], r, lora_alpha, lora_dropout, groups, bias, init_lora_weights, device, dtype);
+        var s = stride ?? (1, 1, 1);
+        var p = padding ?? (0, 0, 0);
+        var d = dilation ?? (1, 1, 1);
+        return new Modules.Conv3d(w, b, [s.Item1, s.Item2, s.Item3], [p.Item1, p.Item2, p.Item3], [d.Item1, d.Item2, d.Item3], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init);
     }
 }

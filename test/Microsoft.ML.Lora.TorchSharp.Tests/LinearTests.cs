@@ -235,4 +235,16 @@ public sealed class LinearTests
         Assert.AreEqual(0.25, layer.lora_A!.std().item<float>(), 0.25 * 0.03);
         Assert.AreEqual(0f, layer.lora_B!.abs().max().item<float>());
     }
+
+    [TestMethod]
+    public void Linear_FactorOfWrongShape_ThrowsNamingIt()
+    {
+        using var scope = NewDisposeScope();
+        var layer = lora.Linear(4, 3, r: 2);
+        var e = Assert.ThrowsExactly<ArgumentException>(() => layer.lora_A = new TorchSharp.Modules.Parameter(zeros(3, 4)));
+        Assert.AreEqual("lora_A", e.ParamName);
+        StringAssert.Contains(e.Message, "[2, 4]");
+        var w = Assert.ThrowsExactly<ArgumentException>(() => layer.weight = new TorchSharp.Modules.Parameter(zeros(4, 3)));
+        Assert.AreEqual("weight", w.ParamName);
+    }
 }

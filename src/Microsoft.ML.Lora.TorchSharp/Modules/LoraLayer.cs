@@ -85,12 +85,14 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     public bool merged { get; private set; }
 
     /// <summary>The frozen base weight (same tensor as in the base layer the LoRA layer replaced).</summary>
+    /// <exception cref="ArgumentException">The new value's shape differs from the current one.</exception>
     public Parameter weight
     {
         get => _weight;
         set
         {
             ArgumentNullException.ThrowIfNull(value);
+            CheckSameShape(_weight, value, "weight");
             _weight = (Parameter)value.DetachFromDisposeScope();
             ConditionallyRegisterParameter("weight", _weight);
         }
@@ -102,28 +104,43 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         get => _bias;
         set
         {
+            CheckSameShape(_bias, value, "bias");
             _bias = value?.DetachFromDisposeScope() as Parameter;
             ConditionallyRegisterParameter("bias", _bias);
         }
     }
 
     /// <summary>The down-projection factor A (rank <see cref="r"/> rows/out-channels); null when <c>r</c> is 0.</summary>
+    /// <exception cref="ArgumentException">The new value's shape differs from the current one.</exception>
     public Parameter? lora_A
     {
         get => _lora_A;
         set
         {
+            if (_lora_A is not null)
+            {
+                ArgumentNullException.ThrowIfNull(value);
+                CheckSameShape(_lora_A, value, "lora_A");
+            }
+
             _lora_A = value?.DetachFromDisposeScope() as Parameter;
             ConditionallyRegisterParameter("lora_A", _lora_A);
         }
     }
 
     /// <summary>The up-projection factor B (initialised to zero except for Embedding); null when <c>r</c> is 0.</summary>
+    /// <exception cref="ArgumentException">The new value's shape differs from the current one.</exception>
     public Parameter? lora_B
     {
         get => _lora_B;
         set
         {
+            if (_lora_B is not null)
+            {
+                ArgumentNullException.ThrowIfNull(value);
+                CheckSameShape(_lora_B, value, "lora_B");
+            }
+
             _lora_B = value?.DetachFromDisposeScope() as Parameter;
             ConditionallyRegisterParameter("lora_B", _lora_B);
         }
@@ -161,7 +178,7 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         }
 
         using var noGrad = torch.no_grad();
-        _mergedFactors = [lora_A!.detach().clone().DetachFromDisposeScope(), lora_B!.detach().clone().DetachFromDisposeScope()];
+        _mergedFactors = SnapshotFactors();
         AddDelta(_mergedFactors[0], _mergedFactors[1], 1.0);
         merged = true;
     }
@@ -206,7 +223,7 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         using var noGrad = torch.no_grad();
         AddDelta(oldA, oldB, -1.0);
         DisposeMergedFactors();
-        _mergedFactors = [a.detach().clone().DetachFromDisposeScope(), b.detach().clone().DetachFromDisposeScope()];
+        _mergedFactors = SnapshotFactors();
         AddDelta(_mergedFactors[0], _mergedFactors[1], 1.0);
     }
 
@@ -228,6 +245,15 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         }
 
         base.Dispose(disposing);
+    }
+
+    private static void CheckSameShape(Tensor? current, Tensor? value, string name)
+    {
+        if (current is not null && value is not null && !current.shape.SequenceEqual(value.shape))
+        {
+            throw new ArgumentException(
+                $"{name} must keep its shape [{string.Join(", ", current.shape)}], got [{string.Join(", ", value.shape)}].", name);
+        }
     }
 
     private static bool SameValues(Tensor remembered, Tensor current)
@@ -253,6 +279,15 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         {
             target.copy_(target.to(ScalarType.Float32).add_(delta, alpha: sign));
         }
+    }
+
+    /// <summary>Copies of lora_A and lora_B that outlive any dispose scope (owned by this layer).</summary>
+    private Tensor[] SnapshotFactors()
+    {
+        using var scope = torch.NewDisposeScope();
+        var a = lora_A!.detach().clone();
+        var b = lora_B!.detach().clone();
+        return [a.DetachFromDisposeScope(), b.DetachFromDisposeScope()];
     }
 
     private void DisposeMergedFactors()
