@@ -174,6 +174,11 @@ public sealed class BertConfig
     {
         static string Positive(string field, long value) => $"'{field}' must be positive, but is {value.ToString(CultureInfo.InvariantCulture)}.";
 
+        if (ModelType != "bert")
+        {
+            return $"'model_type' is '{ModelType}', only 'bert' is supported.";
+        }
+
         if (VocabSize <= 0) return Positive("vocab_size", VocabSize);
         if (HiddenSize <= 0) return Positive("hidden_size", HiddenSize);
         if (NumHiddenLayers <= 0) return Positive("num_hidden_layers", NumHiddenLayers);

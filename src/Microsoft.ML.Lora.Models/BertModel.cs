@@ -17,6 +17,7 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
     private readonly BertEmbeddings embeddings;
     private readonly BertEncoder encoder;
     private readonly BertPooler? pooler;
+    private readonly BertConfig config;
 
     /// <summary>Creates a BERT encoder with weights initialised as Hugging Face does (normal(0, initializer_range), zero biases, unit LayerNorm).</summary>
     /// <param name="config">The hyper-parameters; validated.</param>
@@ -26,16 +27,16 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
     {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
-        Config = config.Clone();
-        embeddings = new BertEmbeddings(Config);
-        encoder = new BertEncoder(Config);
-        pooler = addPoolingLayer ? new BertPooler(Config) : null;
+        this.config = config.Clone();
+        embeddings = new BertEmbeddings(this.config);
+        encoder = new BertEncoder(this.config);
+        pooler = addPoolingLayer ? new BertPooler(this.config) : null;
         RegisterComponents();
         InitializeWeights();
     }
 
-    /// <summary>A copy of the configuration the model was built with.</summary>
-    public BertConfig Config { get; }
+    /// <summary>The configuration the model was built with (a new copy on each call; changing it does not affect the model).</summary>
+    public BertConfig Config => config.Clone();
 
     /// <summary>Whether the model has the pooler (<c>pooler.dense</c>).</summary>
     public bool HasPoolingLayer => pooler is not null;
@@ -85,7 +86,7 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
         Directory.CreateDirectory(directory);
         var tensors = BaseStateDict();
         SafetensorsWriter.Save(Path.Combine(directory, HuggingFaceFolder.WeightsFileName), tensors);
-        Config.Save(Path.Combine(directory, HuggingFaceFolder.ConfigFileName));
+        config.Save(Path.Combine(directory, HuggingFaceFolder.ConfigFileName));
     }
 
     /// <summary>
@@ -126,10 +127,10 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
             throw new ArgumentException($"token_type_ids has shape {Shape(token_type_ids)}, expected the shape of input_ids {Shape(input_ids)}.", nameof(token_type_ids));
         }
 
-        if (input_ids.shape[1] > Config.MaxPositionEmbeddings)
+        if (input_ids.shape[1] > config.MaxPositionEmbeddings)
         {
             throw new ArgumentException(
-                string.Create(CultureInfo.InvariantCulture, $"input_ids has {input_ids.shape[1]} tokens per row, more than max_position_embeddings = {Config.MaxPositionEmbeddings}."),
+                string.Create(CultureInfo.InvariantCulture, $"input_ids has {input_ids.shape[1]} tokens per row, more than max_position_embeddings = {config.MaxPositionEmbeddings}."),
                 nameof(input_ids));
         }
     }
@@ -146,7 +147,7 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
 
     private void InitializeWeights()
     {
-        double std = Config.InitializerRange;
+        double std = config.InitializerRange;
         using var noGrad = no_grad();
         foreach (var (name, parameter) in named_parameters())
         {
@@ -163,7 +164,7 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
                 parameter.normal_(0.0, std);
                 if (name == "embeddings.word_embeddings.weight")
                 {
-                    parameter[Config.PadTokenId].zero_();
+                    parameter[config.PadTokenId].zero_();
                 }
             }
         }

@@ -67,7 +67,7 @@ internal sealed class BertSelfAttention : Module<Tensor, Tensor, Tensor>
         long batch = hidden.shape[0];
         long length = hidden.shape[1];
         Tensor Heads(Module<Tensor, Tensor> projection) =>
-            projection.call(hidden).view(batch, length, numHeads, headSize).transpose(1, 2);
+            projection.call(hidden).reshape(batch, length, numHeads, headSize).transpose(1, 2);
 
         var q = Heads(query);
         var k = Heads(key);

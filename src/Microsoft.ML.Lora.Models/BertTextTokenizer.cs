@@ -9,26 +9,29 @@ namespace Microsoft.ML.Lora.Models;
 /// producing padded batches of <c>[CLS] a [SEP]</c> or <c>[CLS] a [SEP] b [SEP]</c> rows.
 /// </summary>
 /// <remarks>
-/// Defined behaviour on awkward text (tested): empty or whitespace-only text gives no word pieces (the row is
-/// <c>[CLS] [SEP]</c>); control characters are removed and whitespace characters (tab, new line, …) separate words, as
-/// in Hugging Face's BasicTokenizer; a character outside the Basic Multilingual Plane (e.g. an emoji) is kept whole
-/// (never split into surrogate halves) and becomes <c>[UNK]</c> when the vocabulary lacks it; very long text is
-/// truncated to <c>maxLength</c> tokens, and only about <c>maxLength</c> tokens' worth of text is tokenized.
+/// Text is prepared with Hugging Face's BERT normalizer and pre-tokenizer rules (the library's own basic step drops
+/// symbols and new lines), then split into WordPiece tokens by the library; the result equals Hugging Face
+/// tokenizers' (BertTokenizerFast) ids, truncation included, on a tested reference set. Special tokens such as
+/// <c>[SEP]</c> are recognised anywhere in the text. Defined behaviour on awkward text (tested): empty or
+/// whitespace-only text gives no word pieces (the row is <c>[CLS] [SEP]</c>); control and format characters (Cc, Cf),
+/// NUL, U+FFFD and unpaired surrogates are removed; tab, CR and LF separate words; ASCII symbols and punctuation
+/// are tokens of their own; a character outside the Basic Multilingual Plane (e.g. an emoji) is never split into
+/// surrogate halves, and a word the vocabulary cannot spell (e.g. "love😀") becomes one <c>[UNK]</c>, as does a
+/// word longer than 100 characters; very long text is truncated to <c>maxLength</c> tokens, and only the first
+/// <c>maxLength</c> words of it are tokenized.
 /// </remarks>
 public sealed class BertTextTokenizer
 {
-    // Word pieces tokenized beyond the limit before truncating, so that cutting the tokenizer's output never
-    // falls inside a word: a word yields at most MaxInputCharsPerWord (100) pieces, else one [UNK].
-    private const int TokenSlack = 128;
-
     private static readonly string[] RequiredTokens = ["[CLS]", "[SEP]", "[PAD]", "[UNK]"];
 
     private readonly BertTokenizer tokenizer;
+    private readonly BasicTokenizer basic;
     private readonly string vocabularyText;
 
     private BertTextTokenizer(BertTokenizer tokenizer, string vocabularyText, bool lowerCase, bool stripAccents)
     {
         this.tokenizer = tokenizer;
+        basic = new BasicTokenizer(lowerCase, stripAccents, ["[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"]);
         this.vocabularyText = vocabularyText;
         LowerCase = lowerCase;
         StripAccents = stripAccents;
@@ -85,12 +88,13 @@ public sealed class BertTextTokenizer
         }
 
         string normalized = string.Join('\n', lines) + "\n";
+        // Cleaning, lower-casing, accents and punctuation are done by BasicTokenizer (Hugging Face's rules); the
+        // library then splits the prepared words on spaces and applies WordPiece and the special tokens.
         var options = new BertOptions
         {
-            LowerCaseBeforeTokenization = lowerCase,
-            RemoveNonSpacingMarks = stripAccents,
-            ApplyBasicTokenization = true,
-            IndividuallyTokenizeCjk = true,
+            LowerCaseBeforeTokenization = false,
+            RemoveNonSpacingMarks = false,
+            ApplyBasicTokenization = false,
             SplitOnSpecialTokens = true,
         };
         using var stream = new MemoryStream(Encoding.UTF8.GetBytes(normalized));
@@ -129,7 +133,7 @@ public sealed class BertTextTokenizer
     public IReadOnlyList<int> Tokenize(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
-        return tokenizer.EncodeToIds(text, addSpecialTokens: false, considerPreTokenization: true, considerNormalization: true);
+        return WordPiece(basic.Words(text));
     }
 
     /// <summary>
@@ -251,10 +255,16 @@ public sealed class BertTextTokenizer
 
     private List<int> TokenizeBounded(string text, int budget)
     {
-        // The tokenizer stops after about budget + slack tokens, so very long texts cost little.
-        int limit = budget + TokenSlack;
-        var ids = tokenizer.EncodeToIds(text, limit, addSpecialTokens: false, out _, out _, considerPreTokenization: true, considerNormalization: true);
-        return [.. ids];
+        // Every word gives at least one token, so the first `budget` words are enough: very long texts cost little.
+        return [.. WordPiece(basic.Words(text).Take(budget))];
+    }
+
+    private IReadOnlyList<int> WordPiece(IEnumerable<string> words)
+    {
+        string prepared = string.Join(' ', words);
+        return prepared.Length == 0
+            ? []
+            : tokenizer.EncodeToIds(prepared, addSpecialTokens: false, considerPreTokenization: true, considerNormalization: true);
     }
 
     private static void Truncate(List<int> ids, int count)

@@ -10,10 +10,73 @@ internal static class HuggingFaceFolder
     public const string ConfigFileName = "config.json";
     public const string WeightsFileName = "model.safetensors";
     public const string WeightsIndexFileName = "model.safetensors.index.json";
+    public const string PyTorchWeightsFileName = "pytorch_model.bin";
     public const string VocabFileName = "vocab.txt";
     public const string TokenizerConfigFileName = "tokenizer_config.json";
+    public const string TokenizerJsonFileName = "tokenizer.json";
 
-    /// <summary>Reads model.safetensors, or every shard listed by model.safetensors.index.json.</summary>
+    /// <summary>
+    /// The tokenizer of a folder: vocab.txt with tokenizer_config.json's settings, or else the WordPiece vocabulary and
+    /// BertNormalizer settings of a fast-tokenizer tokenizer.json.
+    /// </summary>
+    public static BertTextTokenizer ReadTokenizer(string directory)
+    {
+        string vocab = Path.Combine(directory, VocabFileName);
+        string tokenizerJson = Path.Combine(directory, TokenizerJsonFileName);
+        if (File.Exists(vocab) || !File.Exists(tokenizerJson))
+        {
+            var (lower, strip) = ReadTokenizerSettings(directory);
+            return BertTextTokenizer.FromVocabFile(vocab, lower, strip);
+        }
+
+        try
+        {
+            using var document = JsonDocument.Parse(File.ReadAllText(tokenizerJson));
+            var root = document.RootElement;
+            if (!root.TryGetProperty("model", out var model) || !model.TryGetProperty("type", out var type) || type.GetString() != "WordPiece"
+                || !model.TryGetProperty("vocab", out var vocabulary) || vocabulary.ValueKind != JsonValueKind.Object)
+            {
+                throw new InvalidDataException($"'{tokenizerJson}' is not a WordPiece tokenizer with a \"vocab\" object, and there is no {VocabFileName}.");
+            }
+
+            var tokens = vocabulary.EnumerateObject().Select(p => (Token: p.Name, Id: p.Value.GetInt32())).OrderBy(t => t.Id).ToList();
+            for (int i = 0; i < tokens.Count; i++)
+            {
+                if (tokens[i].Id != i)
+                {
+                    throw new InvalidDataException($"'{tokenizerJson}': vocabulary ids are not 0..{tokens.Count - 1} (id {tokens[i].Id} at position {i}).");
+                }
+            }
+
+            bool lower = true;
+            bool? strip = null;
+            if (root.TryGetProperty("normalizer", out var normalizer) && normalizer.ValueKind == JsonValueKind.Object)
+            {
+                if (normalizer.TryGetProperty("lowercase", out var l) && (l.ValueKind is JsonValueKind.True or JsonValueKind.False))
+                {
+                    lower = l.GetBoolean();
+                }
+
+                if (normalizer.TryGetProperty("strip_accents", out var a) && (a.ValueKind is JsonValueKind.True or JsonValueKind.False))
+                {
+                    strip = a.GetBoolean();
+                }
+            }
+
+            using var stream = new MemoryStream(System.Text.Encoding.UTF8.GetBytes(string.Join('\n', tokens.Select(t => t.Token)) + "\n"));
+            return BertTextTokenizer.FromVocab(stream, lower, strip ?? lower);
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"'{tokenizerJson}' is not valid JSON: {e.Message}", e);
+        }
+        catch (ArgumentException e)
+        {
+            throw new InvalidDataException($"'{tokenizerJson}': {e.Message}", e);
+        }
+    }
+
+    /// <summary>Reads model.safetensors, or every shard listed by model.safetensors.index.json, or else pytorch_model.bin.</summary>
     /// <returns>The tensors by checkpoint key (not yet normalized), on the CPU, in their stored dtype.</returns>
     public static Dictionary<string, Tensor> ReadWeights(string directory)
     {
@@ -29,8 +92,14 @@ internal static class HuggingFaceFolder
             return ReadSharded(directory, index);
         }
 
+        string pytorch = Path.Combine(directory, PyTorchWeightsFileName);
+        if (File.Exists(pytorch))
+        {
+            return ReadPyTorch(pytorch);
+        }
+
         throw new FileNotFoundException(
-            $"'{directory}' has neither {WeightsFileName} nor {WeightsIndexFileName}; a Hugging Face folder with safetensors weights is expected.",
+            $"'{directory}' has none of {WeightsFileName}, {WeightsIndexFileName}, {PyTorchWeightsFileName}; a Hugging Face folder with weights is expected.",
             single);
     }
 
@@ -76,6 +145,30 @@ internal static class HuggingFaceFolder
         {
             throw new InvalidDataException($"'{path}' could not be read as safetensors: {e.Message}", e);
         }
+    }
+
+    private static Dictionary<string, Tensor> ReadPyTorch(string path)
+    {
+        System.Collections.Hashtable table;
+        try
+        {
+            table = PyTorchUnpickler.UnpickleStateDict(path);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            throw new InvalidDataException($"'{path}' could not be read as a PyTorch state dict: {e.Message}", e);
+        }
+
+        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (System.Collections.DictionaryEntry entry in table)
+        {
+            if (entry.Key is string key && entry.Value is Tensor tensor)
+            {
+                result[key] = tensor;
+            }
+        }
+
+        return result;
     }
 
     private static Dictionary<string, Tensor> ReadSharded(string directory, string indexPath)

@@ -55,7 +55,9 @@ public sealed class PretrainedModel : IEquatable<PretrainedModel>
     public bool LowerCase { get; }
 
     /// <summary>Describes a Hugging Face model folder: config.json, model.safetensors or model.safetensors.index.json with its
-    /// shards (keys may carry a <c>bert.</c> prefix), vocab.txt, and optionally tokenizer_config.json (do_lower_case, strip_accents).</summary>
+    /// shards or else pytorch_model.bin (keys may carry a <c>bert.</c> prefix, as in task checkpoints, whose head weights
+    /// are then ignored), vocab.txt with optional tokenizer_config.json (do_lower_case, strip_accents), or else a WordPiece
+    /// tokenizer.json (vocabulary and BertNormalizer settings).</summary>
     /// <param name="directory">The folder.</param>
     /// <returns>The descriptor (the folder is read by <see cref="Load"/>).</returns>
     /// <exception cref="ArgumentException">The folder does not exist.</exception>
@@ -229,8 +231,7 @@ public sealed class PretrainedModel : IEquatable<PretrainedModel>
         }
 
         var config = BertConfig.Load(Path.Combine(Location, HuggingFaceFolder.ConfigFileName));
-        var (lower, strip) = HuggingFaceFolder.ReadTokenizerSettings(Location);
-        var tokenizer = BertTextTokenizer.FromVocabFile(Path.Combine(Location, HuggingFaceFolder.VocabFileName), lower, strip);
+        var tokenizer = HuggingFaceFolder.ReadTokenizer(Location);
         var weights = HuggingFaceFolder.ReadWeights(Location);
         return (config, weights, tokenizer, $"folder '{Location}'");
     }

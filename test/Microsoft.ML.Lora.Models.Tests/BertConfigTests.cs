@@ -72,6 +72,7 @@ public sealed class BertConfigTests
     [DataRow("\"hidden_dropout_prob\": 0.1", "\"hidden_dropout_prob\": 1.5", "hidden_dropout_prob")]
     [DataRow("\"position_embedding_type\": \"absolute\"", "\"position_embedding_type\": \"relative_key\"", "position_embedding_type")]
     [DataRow("\"vocab_size\": 30522", "\"vocab_size\": -1", "vocab_size")]
+    [DataRow("\"model_type\": \"bert\"", "\"model_type\": \"roberta\"", "model_type")]
     public void FromJson_InvalidField_ThrowsNamingTheField(string original, string replacement, string field)
     {
         string json = MiniLmConfigJson.Replace(original, replacement, StringComparison.Ordinal);

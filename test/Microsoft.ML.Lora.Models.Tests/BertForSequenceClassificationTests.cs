@@ -40,6 +40,19 @@ public sealed class BertForSequenceClassificationTests
     }
 
     [TestMethod]
+    public void Forward_ClsWithoutPooler_UsesClsHiddenState()
+    {
+        using var scope = NewDisposeScope();
+        var bert = TestData.TinyModel(seed: 27);
+        using var model = new BertForSequenceClassification(bert, numLabels: 2, PoolingMode.Cls);
+        model.eval();
+        var (ids, mask, types) = TestData.TinyBatch(seed: 28);
+        var sd = model.state_dict();
+        var expected = nn.functional.linear(bert.forward(ids, mask, types)[.., 0], sd["classifier.weight"], sd["classifier.bias"]);
+        Assert.IsTrue(TestData.MaxAbsDiff(model.forward(ids, mask, types), expected) < 1e-6);
+    }
+
+    [TestMethod]
     public void Backward_OneStep_ReducesLossAndReachesClassifierAndEncoder()
     {
         using var scope = NewDisposeScope();

@@ -119,6 +119,15 @@ public sealed class BertModelTests
     }
 
     [TestMethod]
+    public void Config_IsACopy_ChangingItDoesNotAffectTheModel()
+    {
+        using var model = TestData.TinyModel(seed: 12);
+        var config = model.Config;
+        config.HiddenSize = 999;
+        Assert.AreEqual(16, model.Config.HiddenSize);
+    }
+
+    [TestMethod]
     public void PoolerOutput_WithoutPooler_ThrowsInvalidOperation()
     {
         using var scope = NewDisposeScope();

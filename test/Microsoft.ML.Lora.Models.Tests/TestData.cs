@@ -82,9 +82,12 @@ internal static class TestData
 
     public static Stream TinyVocabStream() => new MemoryStream(System.Text.Encoding.UTF8.GetBytes(string.Join("\n", TinyVocab) + "\n"));
 
+    /// <summary>Root of this run's temporary folders, deleted by <see cref="TempCleanup"/>.</summary>
+    public static readonly string TempRoot = Path.Combine(Path.GetTempPath(), "lora-models-tests", Guid.NewGuid().ToString("N"));
+
     public static string NewTempDirectory()
     {
-        string dir = Path.Combine(Path.GetTempPath(), "lora-models-tests", Guid.NewGuid().ToString("N"));
+        string dir = Path.Combine(TempRoot, Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(dir);
         return dir;
     }
