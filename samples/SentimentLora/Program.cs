@@ -2,6 +2,7 @@
 // data/README.md), in a Model-Builder-style ML.NET pipeline, compared with a linear probe on the frozen encoder.
 //
 //   dotnet run --project samples/SentimentLora -c Release
+//   dotnet run --project samples/SentimentLora -c Release -- --epochs 3 --targets query,value --learning-rate 2e-3 --no-probe
 //
 // Prints accuracy, F1, training time, rows/s, trainable parameters and model size; saves, reloads and predicts.
 using System.Diagnostics;
@@ -25,13 +26,28 @@ long trainRows = split.TrainSet.GetColumn<string>("Label").LongCount();
 long testRows = split.TestSet.GetColumn<string>("Label").LongCount();
 AnsiConsole.MarkupLine($"[bold]SentimentLora[/]: {trainRows} training and {testRows} test sentences (seeded 80/20 split), torch threads {torch.get_num_threads()}.");
 
+// Optional overrides of the defaults, to try other settings.
+var options = new LoraFineTuningOptions { LabelColumnName = "Label", TextColumnName = "Text" };
+bool probe = true;
+for (int i = 0; i < args.Length; i++)
+{
+    switch (args[i])
+    {
+        case "--epochs": options.MaxEpochs = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+        case "--targets": options.TargetModules = args[++i].Split(','); break;
+        case "--learning-rate": options.LearningRate = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
+        case "--rank": options.Rank = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+        case "--no-probe": probe = false; break;
+        default: Console.Error.WriteLine($"Unknown argument '{args[i]}'. Options: --epochs N --targets a,b --learning-rate X --rank R --no-probe"); return 2;
+    }
+}
+
 // 1. Linear probe baseline: logistic regression on frozen, mean-pooled, normalised MiniLM embeddings.
 var probeWatch = Stopwatch.StartNew();
-var (probeAccuracy, probeAuc) = LinearProbe.Run(ml, split);
+var (probeAccuracy, probeAuc) = probe ? LinearProbe.Run(ml, split) : (double.NaN, double.NaN);
 AnsiConsole.MarkupLine($"Linear probe (frozen MiniLM + LbfgsLogisticRegression): accuracy [bold]{probeAccuracy:F4}[/], AUC {probeAuc:F4} ({probeWatch.Elapsed.TotalSeconds:F0} s).");
 
 // 2. LoRA fine-tuning: MapValueToKey -> LoraFineTune -> MapKeyToValue.
-var options = new LoraFineTuningOptions { LabelColumnName = "Label", TextColumnName = "Text" };
 var watch = Stopwatch.StartNew();
 ITransformer model = null!;
 if (AnsiConsole.Profile.Capabilities.Interactive)

@@ -252,6 +252,52 @@ public sealed class LoraFineTuningTests
     }
 
     [TestMethod]
+    public void Fit_ValidationSet_ReportsValidationLossAndKeepsBestAdapter()
+    {
+        var ml = new MLContext(seed: 8);
+        var train = ml.Data.LoadFromEnumerable(TinyBert.Sentences(48, 2, 12).Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
+        var valid = ml.Data.LoadFromEnumerable(TinyBert.Sentences(24, 2, 13).Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
+        var options = FastOptions(baseModel);
+        options.MaxEpochs = 6;
+        options.ValidationSet = valid;
+        options.EarlyStoppingPatience = 1;
+        options.ProgressInterval = 1000;
+        var reports = new List<LoraTrainingProgress>();
+        options.Progress = new SynchronousProgress<LoraTrainingProgress>(reports.Add);
+        using var model = ml.Transforms.LoraFineTune(options).Fit(train);
+
+        // One report per epoch run, each with a validation loss; early stopping may end before epoch 6.
+        Assert.IsTrue(reports.Count is >= 2 and <= 6, $"{reports.Count} epochs");
+        Assert.IsTrue(reports.All(r => r.ValidationLoss is double v && double.IsFinite(v)));
+
+        // The kept adapter is rebuilt on a fresh base exactly as Load does: a save/load round trip is bitwise equal.
+        string path = Path.Combine(root, "validation.zip");
+        ml.Model.Save(model, train.Schema, path);
+        var loaded = ml.Model.Load(path, out _);
+        var before = model.Transform(valid).GetColumn<float>("Score").ToArray();
+        var after = loaded.Transform(valid).GetColumn<float>("Score").ToArray();
+        CollectionAssert.AreEqual(before, after, new Tolerance(0f));
+        (loaded as IDisposable)?.Dispose();
+    }
+
+    [TestMethod]
+    public void Dispose_LastReference_FreesModelAndLaterPredictionsThrow()
+    {
+        var ml = new MLContext(seed: 2);
+        var data = ml.Data.LoadFromEnumerable(TinyBert.Sentences(20, 2, 6).Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
+        var options = FastOptions(baseModel);
+        options.MaxEpochs = 1;
+        var model = ml.Transforms.LoraFineTune(options).Fit(data);
+        var engine = ml.Model.CreatePredictionEngine<BinaryRow, BinaryPrediction>(model);
+        engine.Dispose();
+
+        // The engine (which owns its transformer, as ML.NET's default) released only its own reference.
+        Assert.HasCount(20, model.Transform(data).GetColumn<float>("Score").ToArray());
+        model.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => model.Transform(data).GetColumn<float>("Score").ToArray());
+    }
+
+    [TestMethod]
     public void Fit_CancelExecution_ThrowsOperationCanceled()
     {
         var ml = new MLContext(seed: 1);
