@@ -18,7 +18,9 @@ internal static class LinearProbe
         using var encoder = PretrainedModel.MiniLmL6V2.Load();
         var train = ml.Data.LoadFromEnumerable(Embed(encoder, ml.Data.CreateEnumerable<SentimentRow>(split.TrainSet, false).ToList()));
         var test = ml.Data.LoadFromEnumerable(Embed(encoder, ml.Data.CreateEnumerable<SentimentRow>(split.TestSet, false).ToList()));
-        var model = ml.BinaryClassification.Trainers.LbfgsLogisticRegression().Fit(train);
+        // One thread: L-BFGS's multi-threaded gradient sums are not reproducible run to run.
+        var model = ml.BinaryClassification.Trainers.LbfgsLogisticRegression(
+            new Microsoft.ML.Trainers.LbfgsLogisticRegressionBinaryTrainer.Options { NumberOfThreads = 1 }).Fit(train);
         var metrics = ml.BinaryClassification.Evaluate(model.Transform(test));
         return (metrics.Accuracy, metrics.AreaUnderRocCurve);
     }

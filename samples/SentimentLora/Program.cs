@@ -27,7 +27,9 @@ long testRows = split.TestSet.GetColumn<string>("Label").LongCount();
 AnsiConsole.MarkupLine($"[bold]SentimentLora[/]: {trainRows} training and {testRows} test sentences (seeded 80/20 split), torch threads {torch.get_num_threads()}.");
 
 // Optional overrides of the defaults, to try other settings.
-var options = new LoraFineTuningOptions { LabelColumnName = "Label", TextColumnName = "Text" };
+// Defaults (rank 8, alpha 16 on query/value, learning rate 2e-3, 4 epochs, batch 32), except that single sentences
+// need no more than 64 tokens.
+var options = new LoraFineTuningOptions { LabelColumnName = "Label", TextColumnName = "Text", MaxSequenceLength = 64 };
 bool probe = true;
 for (int i = 0; i < args.Length; i++)
 {
@@ -37,8 +39,9 @@ for (int i = 0; i < args.Length; i++)
         case "--targets": options.TargetModules = args[++i].Split(','); break;
         case "--learning-rate": options.LearningRate = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
         case "--rank": options.Rank = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+        case "--max-length": options.MaxSequenceLength = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
         case "--no-probe": probe = false; break;
-        default: Console.Error.WriteLine($"Unknown argument '{args[i]}'. Options: --epochs N --targets a,b --learning-rate X --rank R --no-probe"); return 2;
+        default: Console.Error.WriteLine($"Unknown argument '{args[i]}'. Options: --epochs N --targets a,b --learning-rate X --rank R --max-length T --no-probe"); return 2;
     }
 }
 

@@ -10,15 +10,16 @@ namespace Microsoft.ML.Lora;
 /// <remarks>
 /// <para>
 /// The defaults are chosen for short texts (sentences, titles, reviews) on a small encoder such as the embedded
-/// all-MiniLM-L6-v2 (6 layers, hidden size 384) and a few thousand labelled rows, trained on a CPU:
-/// rank 8 with alpha 16 on the attention projections (<c>query</c>, <c>key</c>, <c>value</c>) and the attention
-/// output projection (<c>dense</c> layers), a learning rate of 1e-3 with 6 % linear warm-up and linear decay to zero,
-/// batches of 32, 4 epochs and sequences cut at 64 tokens. Why: LoRA learns only about 0.5 % of the parameters, so it
-/// tolerates (and needs) a learning rate 10-50× higher than full fine-tuning (the LoRA paper used 4e-4..5e-4 for
-/// RoBERTa-base; a smaller encoder with a freshly initialised head trains well at 1e-3); adapting every linear layer of
-/// attention and the feed-forward block instead of only <c>query</c>/<c>value</c> costs few parameters (under 0.3 M
-/// for MiniLM) and gave the better held-out accuracy on the UCI sentiment sentences in samples/SentimentLora; 64 tokens
-/// cover almost every sentence of that kind while halving the cost of attention compared with 128.
+/// all-MiniLM-L6-v2 (6 layers, hidden size 384) and a few thousand labelled rows, trained on a CPU: rank 8 with
+/// alpha 16 on the attention's <c>query</c> and <c>value</c> projections (the LoRA paper's choice), AdamW with a peak
+/// learning rate of 2e-3, 6 % linear warm-up and linear decay to zero, batches of 32 and 4 epochs.
+/// Why: LoRA trains about 0.3 % of MiniLM's parameters, so it tolerates, and needs, a learning rate 10-100× higher
+/// than full fine-tuning (the LoRA paper used 4e-4..5e-4 on RoBERTa-base; the small encoder with a freshly initialised
+/// head trains well at 1e-3..2e-3). Measured with samples/SentimentLora (UCI sentiment sentences, seeded 80/20
+/// split, 2 CPU cores, sequences cut at 64 tokens): <c>query</c>, <c>value</c> at 2e-3 reached 0.924 held-out
+/// accuracy in 219 s of training with a 273 KB model file; <c>query</c>, <c>value</c> at 1e-3 reached 0.920; adapting
+/// every linear layer (<c>query</c>, <c>key</c>, <c>value</c>, <c>dense</c>) at 1e-3 also reached 0.924 but with
+/// 4.5× the parameters (1.2 MB file) and slower steps. A linear probe on the frozen encoder scored 0.884.
 /// </para>
 /// <para>
 /// The label column decides the task: a key type (use <c>MapValueToKey</c>) trains a multiclass classifier, a
@@ -64,10 +65,10 @@ public sealed class LoraFineTuningOptions
 
     /// <summary>
     /// Names of the linear layers that get LoRA adapters, matched against the end of each module path (PEFT's
-    /// <c>target_modules</c>). Default <c>query</c>, <c>key</c>, <c>value</c>, <c>dense</c> (all linear layers of the
-    /// encoder; see the remarks of this class for why not only <c>query</c>, <c>value</c>).
+    /// <c>target_modules</c>). Default <c>query</c>, <c>value</c>. Add <c>key</c> and <c>dense</c> to adapt every
+    /// linear layer of the encoder (more parameters; see the remarks of this class).
     /// </summary>
-    public IList<string> TargetModules = ["query", "key", "value", "dense"];
+    public IList<string> TargetModules = ["query", "value"];
 
     /// <summary>Rank-stabilised LoRA: scale by alpha / √r instead of alpha / r. Default false.</summary>
     public bool UseRsLora;
@@ -81,8 +82,8 @@ public sealed class LoraFineTuningOptions
     /// <summary>Passes over the training data. Default 4.</summary>
     public int MaxEpochs = 4;
 
-    /// <summary>Peak learning rate of AdamW (reached after warm-up, then decayed linearly to 0). Default 1e-3.</summary>
-    public double LearningRate = 1e-3;
+    /// <summary>Peak learning rate of AdamW (reached after warm-up, then decayed linearly to 0). Default 2e-3 (see the remarks of this class).</summary>
+    public double LearningRate = 2e-3;
 
     /// <summary>AdamW decoupled weight decay. Default 0.01.</summary>
     public double WeightDecay = 0.01;
@@ -90,8 +91,12 @@ public sealed class LoraFineTuningOptions
     /// <summary>Fraction of the optimizer steps used for linear warm-up, in [0, 1). Default 0.06.</summary>
     public double WarmupRatio = 0.06;
 
-    /// <summary>Most tokens per row (special tokens included); longer texts are truncated. Default 64, enough for single sentences.</summary>
-    public int MaxSequenceLength = 64;
+    /// <summary>
+    /// Most tokens per row (special tokens included); longer texts are truncated. Default 128. Batches are padded only
+    /// to their longest row, so short texts cost nothing extra; for single sentences 64 is enough and bounds the cost of
+    /// the occasional long one.
+    /// </summary>
+    public int MaxSequenceLength = 128;
 
     /// <summary>Batches whose gradients are summed before each optimizer step (effective batch = BatchSize × this). Default 1.</summary>
     public int GradientAccumulationSteps = 1;

@@ -43,6 +43,9 @@ public sealed class LoraFineTuningTests
     internal static LoraFineTuningOptions FastOptions(PretrainedModel model) => new()
     {
         BaseModel = model,
+
+        // Every linear layer: a tiny random encoder needs more adapted capacity than MiniLM's default query/value.
+        TargetModules = ["query", "key", "value", "dense"],
         Rank = 4,
         Alpha = 8,
         BatchSize = 16,

@@ -68,7 +68,8 @@ internal sealed class LoraTrainer
             var rows = data.Rows();
             if (options.Shuffle)
             {
-                rows = ShuffleBuffer.Shuffle(rows, options.ShuffleBufferSize, new Random(HashCode.Combine(seed, epoch)));
+                // Not HashCode.Combine: it is randomised per process, and the order must be the same in every run.
+                rows = ShuffleBuffer.Shuffle(rows, options.ShuffleBufferSize, new Random(unchecked((seed * 1_000_003) + epoch)));
             }
 
             double epochLoss = 0;
