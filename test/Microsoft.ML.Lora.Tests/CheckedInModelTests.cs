@@ -1,6 +1,7 @@
 using System.Globalization;
 using Microsoft.ML.Data;
 using Microsoft.ML.Lora.Internal;
+using Microsoft.ML.Lora.Models;
 
 namespace Microsoft.ML.Lora.Tests;
 
@@ -62,20 +63,67 @@ public sealed class CheckedInModelTests
         }
     }
 
+    [TestMethod]
+    public void Fit_FixtureDataAndSeedInThisProcess_ReproducesCheckedInPredictions()
+    {
+        // The checked-in predictions came from training in another process; the same data, base and seed must give the
+        // same model here (the shuffle order and initialisation may not depend on per-process state).
+        string fixture = Path.Combine(AppContext.BaseDirectory, "TestData", "model-v1");
+        string copy = Path.Combine(TinyBert.TempDirectory(), "base");
+        CopyDirectory(Path.Combine(fixture, "base"), copy);
+        try
+        {
+            var ml = new MLContext(seed: 5);
+            using var model = Train(ml, PretrainedModel.FromHuggingFaceFolder(copy));
+            var scored = model.Transform(ml.Data.LoadFromEnumerable(Texts.Select(t => new TextRow { Text = t })));
+            var scores = scored.GetColumn<VBuffer<float>>("Score").Select(v => v.DenseValues().ToArray()).ToList();
+            var expected = File.ReadAllLines(Path.Combine(fixture, "expected.tsv"));
+            for (int i = 0; i < expected.Length; i++)
+            {
+                var values = expected[i].Split('\t')[1].Split(',').Select(h => BitConverter.Int32BitsToSingle(int.Parse(h, NumberStyles.HexNumber, CultureInfo.InvariantCulture))).ToArray();
+
+                // Bitwise on the machine that wrote it; other CPUs round float32 sums differently over 20 steps.
+                for (int j = 0; j < values.Length; j++)
+                {
+                    Assert.AreEqual(values[j], scores[i][j], 1e-4f, $"row {i} class {j}");
+                }
+            }
+        }
+        finally
+        {
+            Directory.Delete(Path.GetDirectoryName(copy)!, recursive: true);
+        }
+    }
+
+    private static TransformerChain<Microsoft.ML.Transforms.KeyToValueMappingTransformer> Train(MLContext ml, PretrainedModel baseModel)
+    {
+        var data = ml.Data.LoadFromEnumerable(TinyBert.Sentences(60, 3, 5)
+            .Select(s => new TextRow { Text = s.Text, Label = s.Class switch { 0 => "positive", 1 => "negative", _ => "neutral" } }));
+        var options = LoraFineTuningTests.FastOptions(baseModel);
+        options.MaxEpochs = 5;
+        return ml.Transforms.Conversion.MapValueToKey("Label")
+            .Append(ml.Transforms.LoraFineTune(options))
+            .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"))
+            .Fit(data);
+    }
+
+    private static void CopyDirectory(string from, string to)
+    {
+        Directory.CreateDirectory(to);
+        foreach (var file in Directory.GetFiles(from))
+        {
+            File.Copy(file, Path.Combine(to, Path.GetFileName(file)));
+        }
+    }
+
     private static void WriteFixture(string directory)
     {
         Directory.CreateDirectory(directory);
         var baseModel = TinyBert.Create(Path.Combine(directory, "base"), seed: 5);
         var ml = new MLContext(seed: 5);
-        var data = ml.Data.LoadFromEnumerable(TinyBert.Sentences(60, 3, 5)
-            .Select(s => new TextRow { Text = s.Text, Label = s.Class switch { 0 => "positive", 1 => "negative", _ => "neutral" } }));
-        var options = LoraFineTuningTests.FastOptions(baseModel);
-        options.MaxEpochs = 5;
-        var model = ml.Transforms.Conversion.MapValueToKey("Label")
-            .Append(ml.Transforms.LoraFineTune(options))
-            .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"))
-            .Fit(data);
-        ml.Model.Save(model, data.Schema, Path.Combine(directory, "model.zip"));
+        var model = Train(ml, baseModel);
+        var schema = ml.Data.LoadFromEnumerable(Array.Empty<TextRow>()).Schema;
+        ml.Model.Save(model, schema, Path.Combine(directory, "model.zip"));
         var scored = model.Transform(ml.Data.LoadFromEnumerable(Texts.Select(t => new TextRow { Text = t })));
         var scores = scored.GetColumn<VBuffer<float>>("Score").Select(v => v.DenseValues().ToArray()).ToList();
         var labels = scored.GetColumn<string>("PredictedLabel").ToList();
