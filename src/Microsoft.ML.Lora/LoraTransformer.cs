@@ -15,7 +15,9 @@ namespace Microsoft.ML.Lora;
 /// <remarks>
 /// <c>mlContext.Model.Save</c> writes the options, the label's key values, the base-model reference (kind, location,
 /// weights SHA-256) and only the LoRA and head tensors; <c>mlContext.Model.Load</c> rebuilds the model from the base
-/// model on this machine and checks its fingerprint.
+/// model on this machine and checks its fingerprint. The embedded MiniLM is found wherever the package is installed; a
+/// Hugging Face folder or ONNX file is looked up at the recorded absolute path, or at the path in the environment variable
+/// <c>MICROSOFT_ML_LORA_BASE_MODEL</c> when the base model has moved (a folder, or an .onnx file with vocab.txt beside it).
 /// <para>
 /// Lifetime: <see cref="Dispose"/> releases native memory promptly. ML.NET's <c>PredictionEngine</c> disposes the
 /// transformer it was created from when it is disposed (unless created with <c>OwnsTransformer = false</c>), which would
