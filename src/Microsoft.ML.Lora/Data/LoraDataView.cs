@@ -1,0 +1,169 @@
+using Microsoft.ML.Data;
+
+namespace Microsoft.ML.Lora.Data;
+
+/// <summary>
+/// The lazy result of <see cref="LoraTransformer.Transform"/>: input columns pass through and the prediction columns
+/// are computed when a cursor asks for them, one forward pass per <c>InferenceBatchSize</c> rows. A second input
+/// cursor over the text column(s) runs ahead to fill each batch, so no input values are buffered besides the texts.
+/// </summary>
+internal sealed class LoraDataView : IDataView
+{
+    private readonly IDataView input;
+    private readonly LoraTransformer parent;
+
+    public LoraDataView(IDataView input, LoraTransformer parent)
+    {
+        this.input = input;
+        this.parent = parent;
+        Schema = parent.GetOutputSchema(input.Schema);
+    }
+
+    /// <summary>False: the look-ahead cursor must see the rows in the same order as the main cursor.</summary>
+    public bool CanShuffle => false;
+
+    public DataViewSchema Schema { get; }
+
+    public long? GetRowCount() => input.GetRowCount();
+
+    public DataViewRowCursor GetRowCursor(IEnumerable<DataViewSchema.Column> columnsNeeded, Random? rand = null)
+    {
+        ArgumentNullException.ThrowIfNull(columnsNeeded);
+        int inputCount = input.Schema.Count;
+        var needed = columnsNeeded.Select(c => c.Index).ToHashSet();
+        var inputColumns = needed.Where(i => i < inputCount).Select(i => input.Schema[i]).ToList();
+        bool outputNeeded = needed.Any(i => i >= inputCount);
+        var main = input.GetRowCursor(inputColumns);
+        DataViewRowCursor? ahead = null;
+        if (outputNeeded)
+        {
+            var textColumns = new List<DataViewSchema.Column> { input.Schema[parent.Columns.Text] };
+            if (parent.Columns.Pair is not null)
+            {
+                textColumns.Add(input.Schema[parent.Columns.Pair]);
+            }
+
+            ahead = input.GetRowCursor(textColumns);
+        }
+
+        return new Cursor(this, main, ahead, needed);
+    }
+
+    public DataViewRowCursor[] GetRowCursorSet(IEnumerable<DataViewSchema.Column> columnsNeeded, int n, Random? rand = null) =>
+        [GetRowCursor(columnsNeeded, rand)];
+
+    private sealed class Cursor : DataViewRowCursor
+    {
+        private readonly LoraDataView view;
+        private readonly DataViewRowCursor main;
+        private readonly DataViewRowCursor? ahead;
+        private readonly HashSet<int> active;
+        private readonly ValueGetter<ReadOnlyMemory<char>>? textGetter;
+        private readonly ValueGetter<ReadOnlyMemory<char>>? pairGetter;
+        private readonly int inputCount;
+        private float[] outputs = [];
+        private long batchStart;
+        private int batchCount;
+        private long row = -1;
+
+        public Cursor(LoraDataView view, DataViewRowCursor main, DataViewRowCursor? ahead, HashSet<int> active)
+        {
+            this.view = view;
+            this.main = main;
+            this.ahead = ahead;
+            this.active = active;
+            inputCount = view.input.Schema.Count;
+            if (ahead is not null)
+            {
+                textGetter = ahead.GetGetter<ReadOnlyMemory<char>>(view.input.Schema[view.parent.Columns.Text]);
+                if (view.parent.Columns.Pair is not null)
+                {
+                    pairGetter = ahead.GetGetter<ReadOnlyMemory<char>>(view.input.Schema[view.parent.Columns.Pair]);
+                }
+            }
+        }
+
+        public override DataViewSchema Schema => view.Schema;
+
+        public override long Position => main.Position;
+
+        public override long Batch => main.Batch;
+
+        public override bool MoveNext()
+        {
+            if (!main.MoveNext())
+            {
+                return false;
+            }
+
+            row++;
+            if (ahead is not null && row >= batchStart + batchCount)
+            {
+                FillBatch();
+            }
+
+            return true;
+        }
+
+        private void FillBatch()
+        {
+            int size = view.parent.InferenceBatchSize;
+            var texts = new List<string>(size);
+            var pairs = pairGetter is null ? null : new List<string>(size);
+            ReadOnlyMemory<char> text = default, pair = default;
+            while (texts.Count < size && ahead!.MoveNext())
+            {
+                textGetter!(ref text);
+                texts.Add(text.ToString());
+                if (pairs is not null)
+                {
+                    pairGetter!(ref pair);
+                    pairs.Add(pair.ToString());
+                }
+            }
+
+            if (texts.Count == 0)
+            {
+                throw new InvalidOperationException("The input data returned fewer rows to the text cursor than to the main cursor; LoraTransformer needs a data view whose cursors see the same rows in the same order.");
+            }
+
+            outputs = view.parent.Model.Predict(texts, pairs);
+            batchStart = row;
+            batchCount = texts.Count;
+        }
+
+        public override ValueGetter<TValue> GetGetter<TValue>(DataViewSchema.Column column)
+        {
+            if (column.Index < inputCount)
+            {
+                return main.GetGetter<TValue>(view.input.Schema[column.Index]);
+            }
+
+            if (!active.Contains(column.Index))
+            {
+                throw new InvalidOperationException($"Column '{column.Name}' was not requested when the cursor was created.");
+            }
+
+            int width = view.parent.Model.Label.OutputCount;
+            var getter = PredictionValues.CreateGetter(view.parent.Model.Label, column.Index - inputCount, () => (outputs, (int)(row - batchStart) * width));
+            return getter as ValueGetter<TValue>
+                ?? throw new InvalidOperationException($"Column '{column.Name}' has type {column.Type}; it cannot be read as {typeof(TValue).Name}.");
+        }
+
+        public override ValueGetter<DataViewRowId> GetIdGetter() => main.GetIdGetter();
+
+        public override bool IsColumnActive(DataViewSchema.Column column) =>
+            column.Index < inputCount ? main.IsColumnActive(view.input.Schema[column.Index]) : active.Contains(column.Index);
+
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing)
+            {
+                main.Dispose();
+                ahead?.Dispose();
+            }
+
+            base.Dispose(disposing);
+        }
+    }
+}

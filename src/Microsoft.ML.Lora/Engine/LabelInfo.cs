@@ -1,0 +1,161 @@
+using System.Globalization;
+using Microsoft.ML.Data;
+
+namespace Microsoft.ML.Lora.Engine;
+
+/// <summary>
+/// The task and label facts a trained model needs at prediction time: the task kind, the number of outputs and,
+/// for multiclass models, the key count and the label's key values (so PredictedLabel maps back with MapKeyToValue).
+/// </summary>
+internal sealed class LabelInfo
+{
+    private LabelInfo(LoraTaskKind task, int classCount, DataViewType? keyValueType, string[]? keyValues)
+    {
+        Task = task;
+        ClassCount = classCount;
+        KeyValueType = keyValueType;
+        KeyValues = keyValues;
+    }
+
+    public LoraTaskKind Task { get; }
+
+    /// <summary>Classes for multiclass (the key count), 2 for binary, 0 for regression.</summary>
+    public int ClassCount { get; }
+
+    /// <summary>Outputs of the head: the class count for multiclass, 1 otherwise (one logit or one value).</summary>
+    public int OutputCount => Task == LoraTaskKind.MulticlassClassification ? ClassCount : 1;
+
+    /// <summary>Item type of the label's key values (text, a number type or Boolean), or null when the label had none.</summary>
+    public DataViewType? KeyValueType { get; }
+
+    /// <summary>The key values as invariant strings, in key order.</summary>
+    public IReadOnlyList<string>? KeyValues { get; }
+
+    /// <summary>Reads the task from the label column type.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The type is not a key, Boolean or Single (message names the column and types).</exception>
+    public static LabelInfo FromColumn(DataViewSchema.Column column, string parameterName)
+    {
+        var type = column.Type;
+        if (type is KeyDataViewType key)
+        {
+            if (key.Count < 2 || key.Count > int.MaxValue)
+            {
+                throw new ArgumentOutOfRangeException(parameterName,
+                    string.Create(CultureInfo.InvariantCulture, $"Label column '{column.Name}' is a key with {key.Count} values; a multiclass label needs at least 2."));
+            }
+
+            var (valueType, values) = ReadKeyValues(column, (int)key.Count);
+            return new LabelInfo(LoraTaskKind.MulticlassClassification, (int)key.Count, valueType, values);
+        }
+
+        if (type == BooleanDataViewType.Instance)
+        {
+            return new LabelInfo(LoraTaskKind.BinaryClassification, 2, null, null);
+        }
+
+        if (type == NumberDataViewType.Single)
+        {
+            return new LabelInfo(LoraTaskKind.Regression, 0, null, null);
+        }
+
+        throw new ArgumentOutOfRangeException(parameterName,
+            $"Label column '{column.Name}' has type {type}; expected a key type (multiclass: use MapValueToKey), Boolean (binary) or Single (regression).");
+    }
+
+    public static LabelInfo Create(LoraTaskKind task, int classCount, DataViewType? keyValueType, string[]? keyValues) => new(task, classCount, keyValueType, keyValues);
+
+    /// <summary>The key type of PredictedLabel (multiclass).</summary>
+    public KeyDataViewType PredictedKeyType => new(typeof(uint), ClassCount);
+
+    /// <summary>Adds the label's key values as KeyValues annotation (multiclass with key values).</summary>
+    public void AddKeyValues(DataViewSchema.Annotations.Builder builder)
+    {
+        if (KeyValueType is null || KeyValues is null)
+        {
+            return;
+        }
+
+        switch (KeyValueType)
+        {
+            case TextDataViewType:
+                Add(builder, TextDataViewType.Instance, KeyValues.Select(v => v.AsMemory()).ToArray());
+                break;
+            case BooleanDataViewType:
+                Add(builder, BooleanDataViewType.Instance, KeyValues.Select(bool.Parse).ToArray());
+                break;
+            default:
+                AddNumber(builder, (NumberDataViewType)KeyValueType);
+                break;
+        }
+    }
+
+    /// <summary>Adds SlotNames (the key values as text) to the multiclass Score vector when the label has key values.</summary>
+    public void AddSlotNames(DataViewSchema.Annotations.Builder builder)
+    {
+        if (KeyValues is null)
+        {
+            return;
+        }
+
+        var names = new VBuffer<ReadOnlyMemory<char>>(KeyValues.Count, KeyValues.Select(v => v.AsMemory()).ToArray());
+        builder.Add(AnnotationUtils.Kinds.SlotNames, new VectorDataViewType(TextDataViewType.Instance, KeyValues.Count),
+            (ref VBuffer<ReadOnlyMemory<char>> value) => names.CopyTo(ref value));
+    }
+
+    private void AddNumber(DataViewSchema.Annotations.Builder builder, NumberDataViewType type)
+    {
+        var c = CultureInfo.InvariantCulture;
+        var values = KeyValues!;
+        if (type.RawType == typeof(float)) { Add(builder, type, values.Select(v => float.Parse(v, c)).ToArray()); }
+        else if (type.RawType == typeof(double)) { Add(builder, type, values.Select(v => double.Parse(v, c)).ToArray()); }
+        else if (type.RawType == typeof(sbyte)) { Add(builder, type, values.Select(v => sbyte.Parse(v, c)).ToArray()); }
+        else if (type.RawType == typeof(short)) { Add(builder, type, values.Select(v => short.Parse(v, c)).ToArray()); }
+        else if (type.RawType == typeof(int)) { Add(builder, type, values.Select(v => int.Parse(v, c)).ToArray()); }
+        else if (type.RawType == typeof(long)) { Add(builder, type, values.Select(v => long.Parse(v, c)).ToArray()); }
+        else if (type.RawType == typeof(byte)) { Add(builder, type, values.Select(v => byte.Parse(v, c)).ToArray()); }
+        else if (type.RawType == typeof(ushort)) { Add(builder, type, values.Select(v => ushort.Parse(v, c)).ToArray()); }
+        else if (type.RawType == typeof(uint)) { Add(builder, type, values.Select(v => uint.Parse(v, c)).ToArray()); }
+        else if (type.RawType == typeof(ulong)) { Add(builder, type, values.Select(v => ulong.Parse(v, c)).ToArray()); }
+    }
+
+    private static void Add<T>(DataViewSchema.Annotations.Builder builder, PrimitiveDataViewType itemType, T[] values)
+    {
+        var buffer = new VBuffer<T>(values.Length, values);
+        builder.Add(AnnotationUtils.Kinds.KeyValues, new VectorDataViewType(itemType, values.Length),
+            (ref VBuffer<T> value) => buffer.CopyTo(ref value));
+    }
+
+    private static (DataViewType? Type, string[]? Values) ReadKeyValues(DataViewSchema.Column column, int count)
+    {
+        var annotation = column.Annotations.Schema.GetColumnOrNull(AnnotationUtils.Kinds.KeyValues);
+        if (annotation is null || annotation.Value.Type is not VectorDataViewType { ItemType: var itemType } vector || vector.Size != count)
+        {
+            return (null, null);
+        }
+
+        string[]? values = itemType switch
+        {
+            TextDataViewType => Read<ReadOnlyMemory<char>>(column, v => v.ToString()),
+            BooleanDataViewType => Read<bool>(column, v => v.ToString(CultureInfo.InvariantCulture)),
+            NumberDataViewType n when n.RawType == typeof(float) => Read<float>(column, v => v.ToString("R", CultureInfo.InvariantCulture)),
+            NumberDataViewType n when n.RawType == typeof(double) => Read<double>(column, v => v.ToString("R", CultureInfo.InvariantCulture)),
+            NumberDataViewType n when n.RawType == typeof(sbyte) => Read<sbyte>(column, v => v.ToString(CultureInfo.InvariantCulture)),
+            NumberDataViewType n when n.RawType == typeof(short) => Read<short>(column, v => v.ToString(CultureInfo.InvariantCulture)),
+            NumberDataViewType n when n.RawType == typeof(int) => Read<int>(column, v => v.ToString(CultureInfo.InvariantCulture)),
+            NumberDataViewType n when n.RawType == typeof(long) => Read<long>(column, v => v.ToString(CultureInfo.InvariantCulture)),
+            NumberDataViewType n when n.RawType == typeof(byte) => Read<byte>(column, v => v.ToString(CultureInfo.InvariantCulture)),
+            NumberDataViewType n when n.RawType == typeof(ushort) => Read<ushort>(column, v => v.ToString(CultureInfo.InvariantCulture)),
+            NumberDataViewType n when n.RawType == typeof(uint) => Read<uint>(column, v => v.ToString(CultureInfo.InvariantCulture)),
+            NumberDataViewType n when n.RawType == typeof(ulong) => Read<ulong>(column, v => v.ToString(CultureInfo.InvariantCulture)),
+            _ => null,
+        };
+        return values is null ? (null, null) : (itemType, values);
+    }
+
+    private static string[] Read<T>(DataViewSchema.Column column, Func<T, string> format)
+    {
+        VBuffer<T> buffer = default;
+        column.GetKeyValues(ref buffer);
+        return buffer.DenseValues().Select(format).ToArray();
+    }
+}

@@ -1,0 +1,192 @@
+using System.Globalization;
+using Microsoft.ML.Lora.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+// Errors about an option name the LoraFineTuningOptions field as the parameter, as the user set it there.
+#pragma warning disable CA2208
+
+namespace Microsoft.ML.Lora.Engine;
+
+/// <summary>
+/// A pretrained BERT encoder with LoRA adapters injected and a task head, its tokenizer and its device. Owns the
+/// native memory of all of it. Inference (<see cref="Predict"/>) is thread-safe once the model is in eval mode.
+/// </summary>
+internal sealed class LoraTextModel : IDisposable
+{
+    private readonly LoadedPretrainedModel baseModel;
+    private bool disposed;
+
+    private LoraTextModel(LoadedPretrainedModel baseModel, BertForSequenceClassification model, Device device, LabelInfo label, AdapterSettings settings, IReadOnlyList<string> adaptedModules)
+    {
+        this.baseModel = baseModel;
+        Model = model;
+        Device = device;
+        Label = label;
+        Settings = settings;
+        AdaptedModules = adaptedModules;
+    }
+
+    public BertForSequenceClassification Model { get; }
+
+    public BertTextTokenizer Tokenizer => baseModel.Tokenizer;
+
+    public Device Device { get; }
+
+    public LabelInfo Label { get; }
+
+    public AdapterSettings Settings { get; }
+
+    public IReadOnlyList<string> AdaptedModules { get; }
+
+    /// <summary>The base model descriptor and its weights fingerprint.</summary>
+    public PretrainedModel BaseDescriptor => baseModel.Source;
+
+    public string BaseWeightsSha256 => baseModel.WeightsSha256;
+
+    /// <summary>Loads the base, adds the head and the LoRA adapters (random A, zero B), freezes all but LoRA and head.</summary>
+    /// <param name="source">Base model descriptor.</param>
+    /// <param name="device">Device for all weights.</param>
+    /// <param name="label">Task and outputs.</param>
+    /// <param name="settings">Adapter shape.</param>
+    /// <param name="seed">Seed of the head and adapter initialisation.</param>
+    public static LoraTextModel Create(PretrainedModel source, Device device, LabelInfo label, AdapterSettings settings, long seed)
+    {
+        var loaded = source.Load(device);
+        try
+        {
+            torch.random.manual_seed(seed);
+            var model = new BertForSequenceClassification(loaded.Model, label.OutputCount, settings.Pooling);
+            var config = new LoraConfig
+            {
+                r = settings.Rank,
+                lora_alpha = settings.Alpha,
+                lora_dropout = settings.Dropout,
+                target_modules = settings.TargetModules.ToList(),
+                use_rslora = settings.UseRsLora,
+
+                // With mean pooling the pooler (present in some exports) is unused: an adapter there would never train.
+                exclude_modules = settings.Pooling == PoolingMode.Mean ? ["pooler.dense"] : null,
+            };
+            var adapted = lora.inject_adapter_in_model(config, model);
+            if (adapted.Count == 0)
+            {
+                model.Dispose();
+                throw new ArgumentException(
+                    $"None of the TargetModules ({string.Join(", ", settings.TargetModules)}) matches a linear layer of the base model; " +
+                    "use names such as query, key, value, dense.", nameof(LoraFineTuningOptions.TargetModules));
+            }
+
+            lora.mark_only_lora_as_trainable(model);
+            foreach (var (name, parameter) in model.named_parameters())
+            {
+                if (name.StartsWith("classifier.", StringComparison.Ordinal))
+                {
+                    parameter.requires_grad = true;
+                }
+            }
+
+            model.to(device);
+            return new LoraTextModel(loaded, model, device, label, settings, adapted);
+        }
+        catch
+        {
+            loaded.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Trainable parameters (LoRA A/B and the head).</summary>
+    public IEnumerable<TorchSharp.Modules.Parameter> TrainableParameters() => Model.parameters().Where(p => p.requires_grad);
+
+    public long TrainableParameterCount => TrainableParameters().Sum(p => p.numel());
+
+    public long TotalParameterCount => Model.parameters().Sum(p => p.numel());
+
+    /// <summary>Encodes texts (and pairs) and runs the model: [n, OutputCount] logits or standardised values.</summary>
+    public Tensor Forward(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs)
+    {
+        var batch = Tokenizer.Encode(texts, pairs, Settings.MaxSequenceLength);
+        var (ids, mask, types) = batch.ToTensors(Device);
+        return Model.call(ids, mask, types);
+    }
+
+    /// <summary>
+    /// Predicts rows: multiclass class probabilities, binary logits, or regression values in label units; row-major
+    /// [texts.Count × OutputCount]. The model must be in eval mode.
+    /// </summary>
+    public float[] Predict(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var output = Forward(texts, pairs);
+        output = Label.Task switch
+        {
+            LoraTaskKind.MulticlassClassification => torch.nn.functional.softmax(output, 1),
+            LoraTaskKind.Regression => output * Settings.LabelScale + Settings.LabelMean,
+            _ => output,
+        };
+        return output.to(torch.CPU).contiguous().data<float>().ToArray();
+    }
+
+    /// <summary>The tensors a model file stores: every LoRA tensor and the head, by parameter path, copied to the CPU.</summary>
+    public SortedDictionary<string, Tensor> AdapterState()
+    {
+        var result = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var (name, parameter) in Model.named_parameters())
+        {
+            if (IsAdapterTensor(name))
+            {
+                result[name] = parameter.detach().to(torch.CPU).clone();
+            }
+        }
+
+        return result;
+    }
+
+    /// <summary>Copies stored adapter tensors into the model (all must be present, with matching shapes).</summary>
+    /// <exception cref="InvalidDataException">A tensor is missing, unexpected or of another shape.</exception>
+    public void LoadAdapterState(IReadOnlyDictionary<string, Tensor> state)
+    {
+        var parameters = Model.named_parameters().Where(p => IsAdapterTensor(p.name)).ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
+        var missing = parameters.Keys.Where(k => !state.ContainsKey(k)).ToList();
+        var extra = state.Keys.Where(k => !parameters.ContainsKey(k)).ToList();
+        if (missing.Count > 0 || extra.Count > 0)
+        {
+            throw new InvalidDataException(
+                $"The stored adapter does not fit the rebuilt model. Missing: [{string.Join(", ", missing)}]; unexpected: [{string.Join(", ", extra)}].");
+        }
+
+        using var noGrad = torch.no_grad();
+        foreach (var (name, parameter) in parameters)
+        {
+            var value = state[name];
+            if (!value.shape.SequenceEqual(parameter.shape))
+            {
+                throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
+                    $"Stored tensor '{name}' has shape [{string.Join(", ", value.shape)}]; the model expects [{string.Join(", ", parameter.shape)}]."));
+            }
+
+            parameter.copy_(value);
+        }
+    }
+
+    /// <summary>LoRA tensors and the classification head: the only tensors a model file holds.</summary>
+    public static bool IsAdapterTensor(string name) =>
+        name.EndsWith(".lora_A", StringComparison.Ordinal) || name.EndsWith(".lora_B", StringComparison.Ordinal) ||
+        name.Contains(".lora_A.", StringComparison.Ordinal) || name.Contains(".lora_B.", StringComparison.Ordinal) ||
+        name.StartsWith("classifier.", StringComparison.Ordinal);
+
+    public void Dispose()
+    {
+        if (disposed)
+        {
+            return;
+        }
+
+        disposed = true;
+        Model.Dispose();
+        baseModel.Dispose();
+    }
+}

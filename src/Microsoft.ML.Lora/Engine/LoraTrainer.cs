@@ -1,0 +1,260 @@
+using System.Diagnostics;
+using System.Globalization;
+using Microsoft.ML.Lora.Internal;
+using Microsoft.ML.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Lora.Engine;
+
+/// <summary>
+/// The training loop: streamed, shuffled batches; AdamW on the LoRA and head parameters only; linear warm-up and decay;
+/// gradient clipping and accumulation; progress, cancellation, divergence checks and optional early stopping.
+/// </summary>
+internal sealed class LoraTrainer
+{
+    private readonly IHostEnvironment env;
+    private readonly IChannel channel;
+    private readonly LoraFineTuningOptions options;
+    private readonly LoraTextModel model;
+    private readonly TrainingData data;
+    private readonly TrainingData? validation;
+    private readonly int seed;
+
+    public LoraTrainer(IHostEnvironment env, IChannel channel, LoraFineTuningOptions options, LoraTextModel model, TrainingData data, TrainingData? validation, int seed)
+    {
+        this.env = env;
+        this.channel = channel;
+        this.options = options;
+        this.model = model;
+        this.data = data;
+        this.validation = validation;
+        this.seed = seed;
+    }
+
+    /// <summary>Whether validation evaluated the model in eval mode (which merges and unmerges LoRA weights into the base).</summary>
+    public bool UsedEvalMode { get; private set; }
+
+    /// <summary>Optimizer steps taken.</summary>
+    public long Steps { get; private set; }
+
+    /// <summary>Mean training loss of each epoch.</summary>
+    public List<double> EpochLosses { get; } = [];
+
+    /// <summary>Trains; returns the adapter state to keep (the best epoch's when validating), or null to keep the model as it is.</summary>
+    public SortedDictionary<string, Tensor>? Train(long rowCount)
+    {
+        int batchesPerEpoch = (int)Math.Min(int.MaxValue, (rowCount + options.BatchSize - 1) / options.BatchSize);
+        long stepsPerEpoch = (batchesPerEpoch + options.GradientAccumulationSteps - 1) / options.GradientAccumulationSteps;
+        long totalSteps = stepsPerEpoch * options.MaxEpochs;
+        long warmupSteps = options.WarmupRatio > 0 ? Math.Max(1, (long)Math.Round(options.WarmupRatio * totalSteps)) : 0;
+
+        var parameters = model.TrainableParameters().ToList();
+        using var optimizer = torch.optim.AdamW(parameters, options.LearningRate, weight_decay: options.WeightDecay);
+        var stopwatch = Stopwatch.StartNew();
+        long rowsSeen = 0;
+        double intervalLoss = 0;
+        long intervalRows = 0;
+        double bestValidation = double.PositiveInfinity;
+        SortedDictionary<string, Tensor>? best = null;
+        int epochsWithoutImprovement = 0;
+        MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
+            $"LoRA fine-tuning: {rowCount} rows, {options.MaxEpochs} epochs, {totalSteps} optimizer steps ({warmupSteps} warm-up), batch {options.BatchSize} x {options.GradientAccumulationSteps}, device {model.Device}, trainable parameters {model.TrainableParameterCount} of {model.TotalParameterCount}, adapted modules {model.AdaptedModules.Count}."));
+
+        for (int epoch = 1; epoch <= options.MaxEpochs; epoch++)
+        {
+            CheckCanceled();
+            model.Model.train();
+            var rows = data.Rows();
+            if (options.Shuffle)
+            {
+                // Not HashCode.Combine: it is randomised per process, and the order must be the same in every run.
+                rows = ShuffleBuffer.Shuffle(rows, options.ShuffleBufferSize, new Random(unchecked((seed * 1_000_003) + epoch)));
+            }
+
+            double epochLoss = 0;
+            long epochRows = 0;
+            int pending = 0;
+            double learningRate = options.LearningRate;
+            optimizer.zero_grad();
+            foreach (var batch in rows.Chunk(options.BatchSize))
+            {
+                CheckCanceled();
+                double loss = ForwardBackward(batch);
+                if (!double.IsFinite(loss))
+                {
+                    throw new InvalidOperationException(string.Create(CultureInfo.InvariantCulture,
+                        $"LoRA fine-tuning diverged: the training loss is {loss} at epoch {epoch}, optimizer step {Steps + 1} (learning rate {learningRate:G3}). " +
+                        $"Lower {nameof(LoraFineTuningOptions.LearningRate)}, keep {nameof(LoraFineTuningOptions.ClipNorm)} on, or check label column '{options.LabelColumnName}' for extreme values."));
+                }
+
+                epochLoss += loss * batch.Length;
+                epochRows += batch.Length;
+                intervalLoss += loss * batch.Length;
+                intervalRows += batch.Length;
+                rowsSeen += batch.Length;
+                if (++pending < options.GradientAccumulationSteps)
+                {
+                    continue;
+                }
+
+                learningRate = Step(optimizer, parameters, totalSteps, warmupSteps);
+                pending = 0;
+                if (Steps % options.ProgressInterval == 0)
+                {
+                    Report(epoch, totalSteps, intervalLoss / intervalRows, learningRate, rowsSeen, stopwatch.Elapsed, null);
+                    intervalLoss = 0;
+                    intervalRows = 0;
+                }
+            }
+
+            if (pending > 0)
+            {
+                learningRate = Step(optimizer, parameters, totalSteps, warmupSteps);
+            }
+
+            EpochLosses.Add(epochRows > 0 ? epochLoss / epochRows : double.NaN);
+            double? validationLoss = validation is null ? null : Validate();
+            Report(epoch, totalSteps, intervalRows > 0 ? intervalLoss / intervalRows : EpochLosses[^1], learningRate, rowsSeen, stopwatch.Elapsed, validationLoss);
+            intervalLoss = 0;
+            intervalRows = 0;
+            MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
+                $"Epoch {epoch}/{options.MaxEpochs}: training loss {EpochLosses[^1]:F4}{(validationLoss is null ? string.Empty : $", validation loss {validationLoss:F4}")}, {stopwatch.Elapsed.TotalSeconds:F1} s."));
+
+            if (validationLoss is double v)
+            {
+                if (v < bestValidation)
+                {
+                    bestValidation = v;
+                    DisposeState(best);
+                    best = model.AdapterState();
+                    epochsWithoutImprovement = 0;
+                }
+                else if (++epochsWithoutImprovement >= options.EarlyStoppingPatience)
+                {
+                    MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
+                        $"Early stopping after epoch {epoch}: no validation improvement for {epochsWithoutImprovement} epochs; keeping the adapter with validation loss {bestValidation:F4}."));
+                    break;
+                }
+            }
+        }
+
+        return best;
+    }
+
+    private void CheckCanceled()
+    {
+        MlNetHost.CheckAlive(env);
+        options.CancellationToken.ThrowIfCancellationRequested();
+    }
+
+    private double ForwardBackward(TrainingRow[] batch)
+    {
+        using var scope = torch.NewDisposeScope();
+        var texts = batch.Select(r => r.Text).ToArray();
+        var pairs = options.TextPairColumnName is null ? null : batch.Select(r => r.Pair ?? string.Empty).ToArray();
+        var output = model.Forward(texts, pairs);
+        var loss = Loss(output, batch);
+        (loss / options.GradientAccumulationSteps).backward();
+        return loss.item<float>();
+    }
+
+    private Tensor Loss(Tensor output, TrainingRow[] batch)
+    {
+        switch (model.Label.Task)
+        {
+            case LoraTaskKind.MulticlassClassification:
+            {
+                var targets = torch.tensor(batch.Select(r => (long)r.Class).ToArray(), ScalarType.Int64, model.Device);
+                return torch.nn.functional.cross_entropy(output, targets);
+            }
+
+            case LoraTaskKind.BinaryClassification:
+            {
+                var targets = torch.tensor(batch.Select(r => (float)r.Class).ToArray(), ScalarType.Float32, model.Device);
+                return torch.nn.functional.binary_cross_entropy_with_logits(output.squeeze(1), targets);
+            }
+
+            default:
+            {
+                var settings = model.Settings;
+                var targets = torch.tensor(batch.Select(r => (r.Value - settings.LabelMean) / settings.LabelScale).ToArray(), ScalarType.Float32, model.Device);
+                return torch.nn.functional.mse_loss(output.squeeze(1), targets);
+            }
+        }
+    }
+
+    private double Step(torch.optim.Optimizer optimizer, List<TorchSharp.Modules.Parameter> parameters, long totalSteps, long warmupSteps)
+    {
+        Steps++;
+        double lr = LearningRateAt(Steps, totalSteps, warmupSteps, options.LearningRate);
+        foreach (var group in optimizer.ParamGroups)
+        {
+            group.LearningRate = lr;
+        }
+
+        if (options.ClipNorm > 0)
+        {
+            torch.nn.utils.clip_grad_norm_(parameters, options.ClipNorm);
+        }
+
+        optimizer.step();
+        optimizer.zero_grad();
+        return lr;
+    }
+
+    /// <summary>Linear warm-up to the peak over <paramref name="warmupSteps"/> steps, then linear decay to 0 after the last step (1-based steps).</summary>
+    internal static double LearningRateAt(long step, long totalSteps, long warmupSteps, double peak)
+    {
+        if (step <= warmupSteps)
+        {
+            return peak * step / warmupSteps;
+        }
+
+        return peak * Math.Max(0, totalSteps - step + 1) / Math.Max(1, totalSteps - warmupSteps);
+    }
+
+    private double Validate()
+    {
+        UsedEvalMode = true;
+        model.Model.eval();
+        double sum = 0;
+        long count = 0;
+        foreach (var batch in validation!.Rows().Chunk(options.InferenceBatchSize))
+        {
+            CheckCanceled();
+            using var scope = torch.NewDisposeScope();
+            using var noGrad = torch.no_grad();
+            var texts = batch.Select(r => r.Text).ToArray();
+            var pairs = options.TextPairColumnName is null ? null : batch.Select(r => r.Pair ?? string.Empty).ToArray();
+            sum += Loss(model.Forward(texts, pairs), batch).item<float>() * batch.Length;
+            count += batch.Length;
+        }
+
+        model.Model.train();
+        return count > 0 ? sum / count : double.NaN;
+    }
+
+    private void Report(int epoch, long totalSteps, double loss, double learningRate, long rowsSeen, TimeSpan elapsed, double? validationLoss)
+    {
+        double rowsPerSecond = rowsSeen / Math.Max(elapsed.TotalSeconds, 1e-9);
+        var remaining = Steps > 0 ? TimeSpan.FromSeconds(elapsed.TotalSeconds / Steps * Math.Max(0, totalSteps - Steps)) : TimeSpan.Zero;
+        var report = new LoraTrainingProgress(epoch, options.MaxEpochs, Steps, totalSteps, loss, learningRate, rowsPerSecond, elapsed, remaining, validationLoss);
+        MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
+            $"epoch {epoch}/{options.MaxEpochs} step {Steps}/{totalSteps} loss {loss:F4} lr {learningRate:G3} {rowsPerSecond:F1} rows/s ETA {remaining:hh\\:mm\\:ss}"));
+        options.Progress?.Report(report);
+    }
+
+    internal static void DisposeState(SortedDictionary<string, Tensor>? state)
+    {
+        if (state is null)
+        {
+            return;
+        }
+
+        foreach (var tensor in state.Values)
+        {
+            tensor.Dispose();
+        }
+    }
+}

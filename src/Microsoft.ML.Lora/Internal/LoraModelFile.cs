@@ -1,0 +1,265 @@
+using System.Globalization;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.Lora;
+using Microsoft.ML.Lora.Data;
+using Microsoft.ML.Lora.Engine;
+using Microsoft.ML.Lora.Internal;
+using Microsoft.ML.Lora.Models;
+using Microsoft.ML.Runtime;
+using static TorchSharp.torch;
+
+[assembly: LoadableClass(typeof(LoraTransformer), typeof(LoraModelFile), null, typeof(SignatureLoadModel),
+    "LoRA fine-tuned text model", LoraModelFile.LoaderSignature)]
+
+namespace Microsoft.ML.Lora.Internal;
+
+/// <summary>
+/// Saves and loads <see cref="LoraTransformer"/> in ML.NET model files (through ML.NET's internal model-file API).
+/// The transformer's zip entry holds, via <c>ctx.Writer</c>: a payload version, the task and label key values, the
+/// column names, the adapter settings, the tokenizer settings and the base-model reference (descriptor JSON and weights
+/// SHA-256); and a binary stream <see cref="TensorStreamName"/> with the LoRA and head tensors only.
+/// </summary>
+internal static class LoraModelFile
+{
+    /// <summary>Loader signature recorded in the model file; must stay stable.</summary>
+    public const string LoaderSignature = "LoraFineTunedTextModel";
+
+    /// <summary>Environment variable that points to the base model when it is not where the model file says.</summary>
+    public const string BaseModelOverrideVariable = "MICROSOFT_ML_LORA_BASE_MODEL";
+
+    /// <summary>Zip entry (inside the transformer's folder) with the adapter tensors.</summary>
+    public const string TensorStreamName = "LoraAdapter.bin";
+
+    private const string ModelSignature = "LORATEXT";
+
+    // 0x00010001: first format (this version).
+    private const uint VersionCurrent = 0x00010001;
+
+    private static VersionInfo GetVersionInfo() => new(
+        ModelSignature,
+        verWrittenCur: VersionCurrent,
+        verReadableCur: VersionCurrent,
+        verWeCanReadBack: 0x00010001,
+        loaderAssemblyName: typeof(LoraModelFile).Assembly.FullName,
+        loaderSignature: LoaderSignature);
+
+    public static void Save(LoraTransformer transformer, ModelSaveContext ctx)
+    {
+        ArgumentNullException.ThrowIfNull(ctx);
+        ctx.CheckAtModel();
+        ctx.SetVersionInfo(GetVersionInfo());
+        var w = ctx.Writer;
+        var model = transformer.Model;
+        var label = model.Label;
+        var settings = model.Settings;
+        var columns = transformer.Columns;
+
+        w.Write((int)label.Task);
+        w.Write(label.ClassCount);
+        w.Write(KeyValueTypeName(label.KeyValueType));
+        w.Write(label.KeyValues?.Count ?? 0);
+        foreach (var value in label.KeyValues ?? [])
+        {
+            w.Write(value);
+        }
+
+        w.Write(columns.Text);
+        WriteNullable(w, columns.Pair);
+        w.Write(columns.Score);
+        w.Write(columns.PredictedLabel);
+        w.Write(columns.Probability);
+        w.Write(transformer.InferenceBatchSize);
+
+        w.Write(settings.Rank);
+        w.Write(settings.Alpha);
+        w.Write(settings.Dropout);
+        w.Write(settings.TargetModules.Count);
+        foreach (var target in settings.TargetModules)
+        {
+            w.Write(target);
+        }
+
+        w.Write(settings.UseRsLora);
+        w.Write((int)settings.Pooling);
+        w.Write(settings.MaxSequenceLength);
+        w.Write(settings.LabelMean);
+        w.Write(settings.LabelScale);
+
+        w.Write(model.Tokenizer.LowerCase);
+        w.Write(model.Tokenizer.StripAccents);
+        w.Write(model.BaseDescriptor.ToJson());
+        w.Write(model.BaseWeightsSha256);
+
+        var state = model.AdapterState();
+        try
+        {
+            ctx.SaveBinaryStream(TensorStreamName, writer => TensorFile.Write(writer, state));
+        }
+        finally
+        {
+            LoraTrainer.DisposeState(state);
+        }
+    }
+
+    /// <summary>Called by ML.NET's loader (<c>mlContext.Model.Load</c>) through <see cref="LoadableClassAttribute"/>.</summary>
+    public static LoraTransformer Create(IHostEnvironment env, ModelLoadContext ctx)
+    {
+        ArgumentNullException.ThrowIfNull(env);
+        ArgumentNullException.ThrowIfNull(ctx);
+        ctx.CheckAtModel(GetVersionInfo());
+        var r = ctx.Reader;
+
+        var task = (LoraTaskKind)r.ReadInt32();
+        int classCount = r.ReadInt32();
+        var keyValueType = KeyValueType(r.ReadString());
+        int keyValueCount = r.ReadInt32();
+        var keyValues = new string[keyValueCount];
+        for (int i = 0; i < keyValueCount; i++)
+        {
+            keyValues[i] = r.ReadString();
+        }
+
+        var label = LabelInfo.Create(task, classCount, keyValueCount > 0 ? keyValueType : null, keyValueCount > 0 ? keyValues : null);
+        var columns = new ColumnNames(r.ReadString(), ReadNullable(r), r.ReadString(), r.ReadString(), r.ReadString());
+        int inferenceBatchSize = r.ReadInt32();
+
+        int rank = r.ReadInt32();
+        double alpha = r.ReadDouble();
+        double dropout = r.ReadDouble();
+        var targets = new string[r.ReadInt32()];
+        for (int i = 0; i < targets.Length; i++)
+        {
+            targets[i] = r.ReadString();
+        }
+
+        bool rsLora = r.ReadBoolean();
+        var pooling = (PoolingMode)r.ReadInt32();
+        int maxLength = r.ReadInt32();
+        float labelMean = r.ReadSingle();
+        float labelScale = r.ReadSingle();
+        var settings = new AdapterSettings(rank, alpha, dropout, targets, rsLora, pooling, maxLength, labelMean, labelScale);
+
+        bool lowerCase = r.ReadBoolean();
+        bool stripAccents = r.ReadBoolean();
+        var recorded = PretrainedModel.FromJson(r.ReadString());
+        string sha = r.ReadString();
+
+        SortedDictionary<string, Tensor>? state = null;
+        if (!ctx.TryLoadBinaryStream(TensorStreamName, reader => state = TensorFile.Read(reader)) || state is null)
+        {
+            throw new InvalidDataException($"This LoRA model file has no '{TensorStreamName}' entry with the adapter tensors.");
+        }
+
+        try
+        {
+            var baseModel = ResolveBase(recorded, out string where);
+            var device = DeviceResolver.Resolve(env);
+            LoraTextModel model;
+            try
+            {
+                model = LoraTextModel.Create(baseModel, device, label, settings, seed: 0);
+            }
+            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or ArgumentException)
+            {
+                throw new FileNotFoundException(
+                    $"This LoRA model file needs its base model ({recorded.Kind}, weights SHA-256 {sha}), expected at '{where}', but it could not be loaded: {e.Message} " +
+                    $"Put the base model back at '{where}', or set the environment variable {BaseModelOverrideVariable} to the base model's folder (Hugging Face) or .onnx file.",
+                    where, e);
+            }
+
+            try
+            {
+                if (!string.Equals(model.BaseWeightsSha256, sha, StringComparison.Ordinal))
+                {
+                    throw new InvalidDataException(
+                        $"The base model at '{where}' has weights SHA-256 {model.BaseWeightsSha256}, but this LoRA adapter was trained on a base with SHA-256 {sha}; " +
+                        $"an adapter only works on the exact weights it was trained with. Point the environment variable {BaseModelOverrideVariable} to the original base model ({recorded.Kind}, recorded location '{recorded.Location}').");
+                }
+
+                if (model.Tokenizer.LowerCase != lowerCase || model.Tokenizer.StripAccents != stripAccents)
+                {
+                    throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
+                        $"The base model at '{where}' tokenizes with lowerCase={model.Tokenizer.LowerCase}, stripAccents={model.Tokenizer.StripAccents}; this LoRA model was trained with lowerCase={lowerCase}, stripAccents={stripAccents}."));
+                }
+
+                model.LoadAdapterState(state);
+                model.Model.eval();
+                return new LoraTransformer(model, columns, inferenceBatchSize);
+            }
+            catch
+            {
+                model.Dispose();
+                throw;
+            }
+        }
+        finally
+        {
+            LoraTrainer.DisposeState(state);
+        }
+    }
+
+    /// <summary>The recorded base, or the one named by <see cref="BaseModelOverrideVariable"/> (a folder or an .onnx file).</summary>
+    private static PretrainedModel ResolveBase(PretrainedModel recorded, out string where)
+    {
+        string? overridePath = Environment.GetEnvironmentVariable(BaseModelOverrideVariable);
+        if (string.IsNullOrWhiteSpace(overridePath))
+        {
+            where = recorded.Location;
+            return recorded;
+        }
+
+        where = overridePath;
+        if (Directory.Exists(overridePath))
+        {
+            return PretrainedModel.FromHuggingFaceFolder(overridePath);
+        }
+
+        if (File.Exists(overridePath) && recorded.Kind == PretrainedModelKind.Onnx)
+        {
+            string vocab = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(overridePath))!, "vocab.txt");
+            return PretrainedModel.FromOnnx(overridePath, File.Exists(vocab) ? vocab : recorded.VocabularyPath ?? vocab, recorded.NumAttentionHeads, recorded.LowerCase);
+        }
+
+        throw new FileNotFoundException(
+            $"{BaseModelOverrideVariable} is '{overridePath}', which is neither a Hugging Face model folder nor an .onnx file (with vocab.txt beside it).", overridePath);
+    }
+
+    private static string KeyValueTypeName(DataViewType? type) => type switch
+    {
+        null => string.Empty,
+        TextDataViewType => "Text",
+        BooleanDataViewType => "Boolean",
+        NumberDataViewType n => n.RawType.Name,
+        _ => string.Empty,
+    };
+
+    private static DataViewType? KeyValueType(string name) => name switch
+    {
+        "" => null,
+        "Text" => TextDataViewType.Instance,
+        "Boolean" => BooleanDataViewType.Instance,
+        nameof(Single) => NumberDataViewType.Single,
+        nameof(Double) => NumberDataViewType.Double,
+        nameof(SByte) => NumberDataViewType.SByte,
+        nameof(Int16) => NumberDataViewType.Int16,
+        nameof(Int32) => NumberDataViewType.Int32,
+        nameof(Int64) => NumberDataViewType.Int64,
+        nameof(Byte) => NumberDataViewType.Byte,
+        nameof(UInt16) => NumberDataViewType.UInt16,
+        nameof(UInt32) => NumberDataViewType.UInt32,
+        nameof(UInt64) => NumberDataViewType.UInt64,
+        _ => throw new InvalidDataException($"Unknown key value type '{name}' in this LoRA model file."),
+    };
+
+    private static void WriteNullable(BinaryWriter w, string? value)
+    {
+        w.Write(value is not null);
+        if (value is not null)
+        {
+            w.Write(value);
+        }
+    }
+
+    private static string? ReadNullable(BinaryReader r) => r.ReadBoolean() ? r.ReadString() : null;
+}

@@ -1,0 +1,282 @@
+using System.Globalization;
+using Microsoft.ML.Data;
+using Microsoft.ML.Lora.Data;
+using Microsoft.ML.Lora.Engine;
+using Microsoft.ML.Lora.Internal;
+using Microsoft.ML.Runtime;
+
+// Errors about an option name the LoraFineTuningOptions field as the parameter, as the user set it there.
+#pragma warning disable CA2208
+
+namespace Microsoft.ML.Lora;
+
+/// <summary>
+/// Fine-tunes a pretrained text encoder with LoRA on an <see cref="IDataView"/> and returns a <see cref="LoraTransformer"/>.
+/// Create it with <c>mlContext.Transforms.LoraFineTune(...)</c>.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Training streams rows through a cursor in batches (a seeded shuffle buffer, not the whole data set in memory), trains
+/// only the LoRA matrices and the head with AdamW (linear warm-up and decay, gradient clipping, optional accumulation),
+/// and is deterministic on the CPU for a given MLContext seed. Progress goes to <c>mlContext.Log</c> and
+/// <see cref="LoraFineTuningOptions.Progress"/>; <c>mlContext.CancelExecution()</c> stops it with an
+/// <see cref="OperationCanceledException"/>.
+/// </para>
+/// <para>
+/// Device: with <c>mlContext.GpuDeviceId</c> unset the CPU is used; when set, that CUDA device is used if the torch runtime
+/// has it, otherwise the CPU if <c>mlContext.FallbackToCpu</c> is true, else an error (as Microsoft.ML.TorchSharp).
+/// </para>
+/// </remarks>
+public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
+{
+    private readonly IHostEnvironment env;
+    private readonly LoraFineTuningOptions options;
+
+    internal LoraFineTuningEstimator(IHostEnvironment env, LoraFineTuningOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(env);
+        ArgumentNullException.ThrowIfNull(options);
+        this.env = env;
+        this.options = Validate(options);
+    }
+
+    private ColumnNames Columns => new(options.TextColumnName, options.TextPairColumnName, options.ScoreColumnName, options.PredictedLabelColumnName, options.ProbabilityColumnName);
+
+    /// <summary>Trains the LoRA adapter and head on <paramref name="input"/>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">A column is missing or has the wrong type (the message names it, the expected and the actual type).</exception>
+    /// <exception cref="ArgumentException">No labelled rows, a single class, or a constant regression label.</exception>
+    /// <exception cref="InvalidOperationException">The loss became NaN or infinite (the message names the step), or a requested GPU is missing.</exception>
+    /// <exception cref="OperationCanceledException"><c>mlContext.CancelExecution()</c> was called.</exception>
+    public LoraTransformer Fit(IDataView input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        var host = env.Register(nameof(LoraFineTuningEstimator));
+        var label = CheckTrainingSchema(input.Schema, nameof(input));
+        var training = new TrainingData(input, options.TextColumnName, options.TextPairColumnName, options.LabelColumnName, label.Task);
+        var statistics = training.ReadLabelStatistics(label.ClassCount);
+        training.Validate(statistics, nameof(input));
+
+        TrainingData? validation = null;
+        if (options.ValidationSet is not null)
+        {
+            var validationLabel = CheckTrainingSchema(options.ValidationSet.Schema, nameof(LoraFineTuningOptions.ValidationSet));
+            if (validationLabel.Task != label.Task || validationLabel.ClassCount != label.ClassCount)
+            {
+                throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.ValidationSet),
+                    $"The validation label column '{options.LabelColumnName}' has type {options.ValidationSet.Schema[options.LabelColumnName].Type}; expected {input.Schema[options.LabelColumnName].Type} as in the training data.");
+            }
+
+            validation = new TrainingData(options.ValidationSet, options.TextColumnName, options.TextPairColumnName, options.LabelColumnName, label.Task);
+        }
+
+        int seed = MlNetHost.GetSeed(env) ?? host.Rand.Next();
+        var device = DeviceResolver.Resolve(env);
+        var settings = new AdapterSettings(options.Rank, options.Alpha, options.Dropout, options.TargetModules.ToList(), options.UseRsLora,
+            options.Pooling, options.MaxSequenceLength,
+            label.Task == LoraTaskKind.Regression ? (float)statistics.Mean : 0f,
+            label.Task == LoraTaskKind.Regression ? (float)statistics.StandardDeviation : 1f);
+
+        using var channel = host.Start("LoraFineTuning");
+        var model = LoraTextModel.Create(options.BaseModel, device, label, settings, seed);
+        try
+        {
+            int maxPositions = model.Model.Bert.Config.MaxPositionEmbeddings;
+            if (options.MaxSequenceLength > maxPositions)
+            {
+                throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.MaxSequenceLength), options.MaxSequenceLength,
+                    string.Create(CultureInfo.InvariantCulture, $"MaxSequenceLength must not exceed the base model's max_position_embeddings ({maxPositions})."));
+            }
+
+            var trainer = new LoraTrainer(env, channel, options, model, training, validation, seed);
+            var best = trainer.Train(statistics.Rows);
+            if (best is null && !trainer.UsedEvalMode)
+            {
+                model.Model.eval();
+                return new LoraTransformer(model, Columns, options.InferenceBatchSize);
+            }
+
+            // Validation switched to eval mode, which merges LoRA into the base weights and unmerges it again: in
+            // floating point that is not exact. Rebuild on a fresh base, exactly as loading a saved model does.
+            var state = best ?? model.AdapterState();
+            try
+            {
+                var rebuilt = LoraTextModel.Create(options.BaseModel, device, label, settings, seed);
+                rebuilt.LoadAdapterState(state);
+                rebuilt.Model.eval();
+                model.Dispose();
+                return new LoraTransformer(rebuilt, Columns, options.InferenceBatchSize);
+            }
+            finally
+            {
+                LoraTrainer.DisposeState(state);
+            }
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Checks the input schema and returns it with the output columns added.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">A column is missing or has the wrong type (the message names it, the expected and the actual type).</exception>
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema)
+    {
+        ArgumentNullException.ThrowIfNull(inputSchema);
+        var columns = inputSchema.ToDictionary(c => c.Name);
+        if (!columns.TryGetValue(options.LabelColumnName, out var label))
+        {
+            throw new ArgumentOutOfRangeException(nameof(inputSchema), $"The input has no label column '{options.LabelColumnName}' (expected a key type, Boolean or Single).");
+        }
+
+        CheckTextShape(inputSchema, options.TextColumnName, "text");
+        if (options.TextPairColumnName is not null)
+        {
+            CheckTextShape(inputSchema, options.TextPairColumnName, "text pair");
+        }
+
+        var scalar = SchemaShape.Column.VectorKind.Scalar;
+        if (label.IsKey && label.Kind == scalar)
+        {
+            var slotNames = MlNetHost.Column(AnnotationUtils.Kinds.SlotNames, SchemaShape.Column.VectorKind.Vector, TextDataViewType.Instance, false);
+            var keyValues = label.Annotations.FirstOrDefault(c => c.Name == AnnotationUtils.Kinds.KeyValues);
+            bool hasKeyValues = keyValues.Name is not null;
+            columns[options.ScoreColumnName] = MlNetHost.Column(options.ScoreColumnName, SchemaShape.Column.VectorKind.Vector, NumberDataViewType.Single, false,
+                hasKeyValues ? new SchemaShape([slotNames]) : null);
+            columns[options.PredictedLabelColumnName] = MlNetHost.Column(options.PredictedLabelColumnName, scalar, NumberDataViewType.UInt32, true,
+                hasKeyValues ? new SchemaShape([keyValues]) : null);
+        }
+        else if (label.Kind == scalar && label.ItemType == BooleanDataViewType.Instance)
+        {
+            columns[options.ScoreColumnName] = MlNetHost.Column(options.ScoreColumnName, scalar, NumberDataViewType.Single, false);
+            columns[options.ProbabilityColumnName] = MlNetHost.Column(options.ProbabilityColumnName, scalar, NumberDataViewType.Single, false);
+            columns[options.PredictedLabelColumnName] = MlNetHost.Column(options.PredictedLabelColumnName, scalar, BooleanDataViewType.Instance, false);
+        }
+        else if (label.Kind == scalar && label.ItemType == NumberDataViewType.Single)
+        {
+            columns[options.ScoreColumnName] = MlNetHost.Column(options.ScoreColumnName, scalar, NumberDataViewType.Single, false);
+        }
+        else
+        {
+            throw new ArgumentOutOfRangeException(nameof(inputSchema),
+                $"Label column '{options.LabelColumnName}' has type {Describe(label)}; expected a key type (multiclass: use MapValueToKey), Boolean (binary) or Single (regression).");
+        }
+
+        return new SchemaShape(columns.Values);
+    }
+
+    private LabelInfo CheckTrainingSchema(DataViewSchema schema, string parameterName)
+    {
+        var label = schema.GetColumnOrNull(options.LabelColumnName)
+            ?? throw new ArgumentOutOfRangeException(parameterName, $"The input has no label column '{options.LabelColumnName}' (expected a key type, Boolean or Single).");
+        var info = LabelInfo.FromColumn(label, parameterName);
+        OutputSchema.CheckTextColumns(schema, Columns, parameterName);
+        return info;
+    }
+
+    private static void CheckTextShape(SchemaShape schema, string name, string role)
+    {
+        var column = schema.FirstOrDefault(c => c.Name == name);
+        if (column.Name is null)
+        {
+            throw new ArgumentOutOfRangeException(nameof(schema), $"The input has no {role} column '{name}' (expected type String).");
+        }
+
+        if (column.Kind != SchemaShape.Column.VectorKind.Scalar || column.ItemType is not TextDataViewType)
+        {
+            throw new ArgumentOutOfRangeException(nameof(schema), $"The {role} column '{name}' has type {Describe(column)}; expected String.");
+        }
+    }
+
+    private static string Describe(SchemaShape.Column column) =>
+        (column.IsKey ? "Key<" + column.ItemType + ">" : column.ItemType.ToString()) +
+        (column.Kind == SchemaShape.Column.VectorKind.Scalar ? string.Empty : " vector");
+
+    private static LoraFineTuningOptions Validate(LoraFineTuningOptions source)
+    {
+        var o = source.Clone();
+        CheckName(o.LabelColumnName, nameof(o.LabelColumnName));
+        CheckName(o.TextColumnName, nameof(o.TextColumnName));
+        CheckName(o.ScoreColumnName, nameof(o.ScoreColumnName));
+        CheckName(o.PredictedLabelColumnName, nameof(o.PredictedLabelColumnName));
+        CheckName(o.ProbabilityColumnName, nameof(o.ProbabilityColumnName));
+        if (o.TextPairColumnName is not null)
+        {
+            CheckName(o.TextPairColumnName, nameof(o.TextPairColumnName));
+        }
+
+        if (o.BaseModel is null)
+        {
+            throw new ArgumentNullException(nameof(LoraFineTuningOptions.BaseModel), "BaseModel must name a pretrained model, e.g. PretrainedModel.MiniLmL6V2.");
+        }
+
+        if (o.TargetModules is null || o.TargetModules.Count == 0 || o.TargetModules.Any(string.IsNullOrWhiteSpace))
+        {
+            throw new ArgumentException("TargetModules must list at least one module name (e.g. query, value) and no empty names.", nameof(LoraFineTuningOptions.TargetModules));
+        }
+
+        o.TargetModules = o.TargetModules.ToList();
+        Positive(o.Rank, nameof(o.Rank));
+        if (!(o.Alpha > 0) || !double.IsFinite(o.Alpha))
+        {
+            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.Alpha), o.Alpha, "Alpha must be a positive number.");
+        }
+
+        if (!(o.Dropout >= 0 && o.Dropout < 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.Dropout), o.Dropout, "Dropout must be in [0, 1).");
+        }
+
+        Positive(o.BatchSize, nameof(o.BatchSize));
+        Positive(o.MaxEpochs, nameof(o.MaxEpochs));
+        if (!(o.LearningRate > 0) || !double.IsFinite(o.LearningRate))
+        {
+            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.LearningRate), o.LearningRate, "LearningRate must be a positive number.");
+        }
+
+        if (!(o.WeightDecay >= 0) || !double.IsFinite(o.WeightDecay))
+        {
+            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.WeightDecay), o.WeightDecay, "WeightDecay must be 0 or positive.");
+        }
+
+        if (!(o.WarmupRatio >= 0 && o.WarmupRatio < 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.WarmupRatio), o.WarmupRatio, "WarmupRatio must be in [0, 1).");
+        }
+
+        int minLength = o.TextPairColumnName is null ? 3 : 4;
+        if (o.MaxSequenceLength < minLength)
+        {
+            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.MaxSequenceLength), o.MaxSequenceLength,
+                string.Create(CultureInfo.InvariantCulture, $"MaxSequenceLength must be at least {minLength} (special tokens plus text)."));
+        }
+
+        Positive(o.GradientAccumulationSteps, nameof(o.GradientAccumulationSteps));
+        Positive(o.ShuffleBufferSize, nameof(o.ShuffleBufferSize));
+        Positive(o.EarlyStoppingPatience, nameof(o.EarlyStoppingPatience));
+        Positive(o.InferenceBatchSize, nameof(o.InferenceBatchSize));
+        Positive(o.ProgressInterval, nameof(o.ProgressInterval));
+        if (double.IsNaN(o.ClipNorm))
+        {
+            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.ClipNorm), o.ClipNorm, "ClipNorm must be a number (0 or less disables clipping).");
+        }
+
+        return o;
+    }
+
+    private static void CheckName(string? name, string field)
+    {
+        if (string.IsNullOrWhiteSpace(name))
+        {
+            throw new ArgumentException($"{field} must name a column.", field);
+        }
+    }
+
+    private static void Positive(int value, string field)
+    {
+        if (value < 1)
+        {
+            throw new ArgumentOutOfRangeException(field, value, $"{field} must be at least 1.");
+        }
+    }
+}

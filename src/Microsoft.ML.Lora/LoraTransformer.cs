@@ -1,0 +1,115 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.Lora.Data;
+using Microsoft.ML.Lora.Engine;
+using Microsoft.ML.Lora.Internal;
+using Microsoft.ML.Lora.Models;
+
+namespace Microsoft.ML.Lora;
+
+/// <summary>
+/// A pretrained text encoder with trained LoRA adapters and a task head, produced by <see cref="LoraFineTuningEstimator"/>.
+/// <see cref="Transform"/> is lazy and batched; <see cref="GetRowToRowMapper"/> makes it work in <c>PredictionEngine</c>
+/// (several engines on several threads share one native copy of the weights). Inference runs with the LoRA updates
+/// merged into the base weights.
+/// </summary>
+/// <remarks>
+/// <c>mlContext.Model.Save</c> writes the options, the label's key values, the base-model reference (kind, location,
+/// weights SHA-256) and only the LoRA and head tensors; <c>mlContext.Model.Load</c> rebuilds the model from the base
+/// model on this machine and checks its fingerprint. The embedded MiniLM is found wherever the package is installed; a
+/// Hugging Face folder or ONNX file is looked up at the recorded absolute path, or at the path in the environment variable
+/// <c>MICROSOFT_ML_LORA_BASE_MODEL</c> when the base model has moved (a folder, or an .onnx file with vocab.txt beside it).
+/// <para>
+/// Lifetime: <see cref="Dispose"/> releases native memory promptly. ML.NET's <c>PredictionEngine</c> disposes the
+/// transformer it was created from when it is disposed (unless created with <c>OwnsTransformer = false</c>), which would
+/// break other engines sharing the model (as in a pool). So each row mapper handed out (one per engine) takes a reference,
+/// each <see cref="Dispose"/> call releases one, and the weights are freed when the last reference is released.
+/// </para>
+/// </remarks>
+public sealed class LoraTransformer : ITransformer, IDisposable
+{
+    private readonly Lock gate = new();
+    private int references = 1;
+
+    internal LoraTransformer(LoraTextModel model, ColumnNames columns, int inferenceBatchSize)
+    {
+        Model = model;
+        Columns = columns;
+        InferenceBatchSize = inferenceBatchSize;
+    }
+
+    internal LoraTextModel Model { get; }
+
+    internal ColumnNames Columns { get; }
+
+    internal int InferenceBatchSize { get; }
+
+    /// <summary>The task, from the label column's type at training time.</summary>
+    public LoraTaskKind Task => Model.Label.Task;
+
+    /// <summary>Number of trained parameters (LoRA matrices and head).</summary>
+    public long TrainableParameterCount => Model.TrainableParameterCount;
+
+    /// <summary>Number of parameters of the whole model (frozen base included).</summary>
+    public long TotalParameterCount => Model.TotalParameterCount;
+
+    /// <summary>Module paths that carry a LoRA adapter (e.g. <c>bert.encoder.layer.0.attention.self.query</c>).</summary>
+    public IReadOnlyList<string> AdaptedModules => Model.AdaptedModules;
+
+    /// <summary>The pretrained base this adapter belongs to.</summary>
+    public PretrainedModel BaseModel => Model.BaseDescriptor;
+
+    /// <summary>SHA-256 fingerprint of the base weights (checked when a saved model is loaded).</summary>
+    public string BaseModelSha256 => Model.BaseWeightsSha256;
+
+    /// <summary>True: the transformer maps rows one to one (so <c>PredictionEngine</c> works).</summary>
+    public bool IsRowToRowMapper => true;
+
+    /// <summary>The input columns followed by Score (and PredictedLabel, and Probability for binary classification).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The text column is missing or not text (the message names it).</exception>
+    public DataViewSchema GetOutputSchema(DataViewSchema inputSchema)
+    {
+        ArgumentNullException.ThrowIfNull(inputSchema);
+        OutputSchema.CheckTextColumns(inputSchema, Columns, nameof(inputSchema));
+        return OutputSchema.Build(inputSchema, Columns, Model.Label);
+    }
+
+    /// <summary>A row mapper for <c>PredictionEngine</c>: one forward pass per row.</summary>
+    public IRowToRowMapper GetRowToRowMapper(DataViewSchema inputSchema)
+    {
+        ArgumentNullException.ThrowIfNull(inputSchema);
+        var mapper = new LoraRowMapper(this, inputSchema);
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(references == 0, this);
+            references++;
+        }
+
+        return mapper;
+    }
+
+    /// <summary>Lazily adds the prediction columns; one forward pass per <see cref="LoraFineTuningOptions.InferenceBatchSize"/> rows.</summary>
+    public IDataView Transform(IDataView input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        return new LoraDataView(input, this);
+    }
+
+    void ICanSaveModel.Save(ModelSaveContext ctx) => LoraModelFile.Save(this, ctx);
+
+    /// <summary>
+    /// Releases one reference (see the remarks); the last one frees the native memory of the model, after which predictions
+    /// throw <see cref="ObjectDisposedException"/>.
+    /// </summary>
+    public void Dispose()
+    {
+        lock (gate)
+        {
+            if (references == 0 || --references > 0)
+            {
+                return;
+            }
+        }
+
+        Model.Dispose();
+    }
+}

@@ -1,2 +1,0 @@
-namespace Microsoft.ML.Lora;
-internal static class Placeholder { }

@@ -1,0 +1,43 @@
+namespace Microsoft.ML.Lora.Tests;
+
+/// <summary>Input row with a string label (for MapValueToKey).</summary>
+public sealed class TextRow
+{
+    public string Text { get; set; } = string.Empty;
+
+    public string Label { get; set; } = string.Empty;
+}
+
+/// <summary>Input row with a Boolean label.</summary>
+public sealed class BinaryRow
+{
+    public string Text { get; set; } = string.Empty;
+
+    public bool Label { get; set; }
+}
+
+/// <summary>Input row with a Single label.</summary>
+public sealed class RegressionRow
+{
+    public string Text { get; set; } = string.Empty;
+
+    public float Label { get; set; }
+}
+
+/// <summary>Multiclass prediction after MapKeyToValue.</summary>
+public sealed class MulticlassPrediction
+{
+    public float[] Score { get; set; } = [];
+
+    public string PredictedLabel { get; set; } = string.Empty;
+}
+
+/// <summary>Binary prediction.</summary>
+public sealed class BinaryPrediction
+{
+    public float Score { get; set; }
+
+    public float Probability { get; set; }
+
+    public bool PredictedLabel { get; set; }
+}
