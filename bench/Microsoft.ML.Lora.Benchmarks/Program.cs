@@ -1,7 +1,7 @@
 using Microsoft.ML.Lora.Benchmarks;
 using static TorchSharp.torch;
 
-// Usage: dotnet run --project bench/Microsoft.ML.Lora.Benchmarks -c Release -- [all|limit|layers|encoder|training ...] [--quick] [--threads N]
+// Usage: dotnet run --project bench/Microsoft.ML.Lora.Benchmarks -c Release -- [all|limit|layers|encoder|training|finetune|memory ...] [--quick] [--threads N]
 // Writes bench/results/latest.md and latest.json (and a dated copy under bench/results/history/) plus PNG charts.
 var suites = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
 bool quick = false;
@@ -23,14 +23,17 @@ if (probe is not null)
     TrainingSuite.ProbeMemory(probe);
     return;
 }
-if (suites.Count == 0 || suites.Contains("all")) suites = new(StringComparer.OrdinalIgnoreCase) { "limit", "layers", "encoder", "training" };
+if (suites.Count == 0 || suites.Contains("all")) suites = new(StringComparer.OrdinalIgnoreCase) { "limit", "layers", "encoder", "training", "finetune", "memory" };
 
-var report = new BenchReport(Path.Combine(FindRepoRoot(), "bench", "results"));
+string repoRoot = FindRepoRoot();
+var report = new BenchReport(Path.Combine(repoRoot, "bench", "results"));
 double limit = LimitSuite.MatmulGflops();
 report.Note(FormattableString.Invariant($"fp32 matmul limit (2048² × 2048², libtorch, {threads} threads): {limit:F1} GFLOP/s"));
 if (suites.Contains("layers")) LayerSuite.Run(report, quick);
 if (suites.Contains("encoder")) EncoderSuite.Run(report, threads, quick);
 if (suites.Contains("training")) TrainingSuite.Run(report, limit, quick);
+if (suites.Contains("finetune")) FineTuneSuite.Run(report, repoRoot, threads, quick);
+if (suites.Contains("memory")) MemorySuite.Run(report, quick);
 report.Write(threads);
 
 static string FindRepoRoot()
