@@ -71,7 +71,9 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
 
         int seed = MlNetHost.GetSeed(env) ?? host.Rand.Next();
         var device = DeviceResolver.Resolve(env);
-        var settings = new AdapterSettings(options.Rank, options.Alpha, options.Dropout, options.TargetModules.ToList(), options.UseRsLora,
+        var peft = options.InitialPeftAdapter is null ? null : PeftStart.ReadConfig(options.InitialPeftAdapter);
+        var settings = new AdapterSettings(peft?.r ?? options.Rank, peft?.lora_alpha ?? options.Alpha, options.Dropout,
+            peft?.target_modules?.ToList() ?? options.TargetModules.ToList(), peft?.use_rslora ?? options.UseRsLora,
             options.Pooling, options.MaxSequenceLength,
             label.Task == LoraTaskKind.Regression ? (float)statistics.Mean : 0f,
             label.Task == LoraTaskKind.Regression ? (float)statistics.StandardDeviation : 1f);
@@ -85,6 +87,16 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             {
                 throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.MaxSequenceLength), options.MaxSequenceLength,
                     string.Create(CultureInfo.InvariantCulture, $"MaxSequenceLength must not exceed the base model's max_position_embeddings ({maxPositions})."));
+            }
+
+            if (options.InitialPeftAdapter is not null)
+            {
+                PeftStart.Load(model, options.InitialPeftAdapter, message => MlNetHost.Info(channel, message));
+                if (options.MaxEpochs == 0)
+                {
+                    model.Model.eval();
+                    return new LoraTransformer(model, Columns, options.InferenceBatchSize);
+                }
             }
 
             var trainer = new LoraTrainer(env, channel, options, model, training, validation, seed);
@@ -228,7 +240,15 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
         }
 
         Positive(o.BatchSize, nameof(o.BatchSize));
-        Positive(o.MaxEpochs, nameof(o.MaxEpochs));
+        if (o.InitialPeftAdapter is null)
+        {
+            Positive(o.MaxEpochs, nameof(o.MaxEpochs));
+        }
+        else if (o.MaxEpochs < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.MaxEpochs), o.MaxEpochs,
+                "MaxEpochs must be 0 (use the initial PEFT adapter as it is) or positive.");
+        }
         if (!(o.LearningRate > 0) || !double.IsFinite(o.LearningRate))
         {
             throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.LearningRate), o.LearningRate, "LearningRate must be a positive number.");

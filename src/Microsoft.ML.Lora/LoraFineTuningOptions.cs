@@ -122,6 +122,16 @@ public sealed class LoraFineTuningOptions
     /// <summary>Rows per forward pass in <c>Transform</c>. Default 64.</summary>
     public int InferenceBatchSize = 64;
 
+    /// <summary>
+    /// Optional directory of a Hugging Face PEFT LoRA adapter (<c>adapter_config.json</c> + <c>adapter_model.safetensors</c>,
+    /// e.g. trained with PEFT on the same base, or written by <see cref="LoraTransformer.SavePeftAdapter"/>) to start from.
+    /// Its rank, alpha, rsLoRA flag and target modules replace <see cref="Rank"/>, <see cref="Alpha"/>, <see cref="UseRsLora"/>
+    /// and <see cref="TargetModules"/>; its <c>classifier</c> weights, when present (<c>modules_to_save</c>), initialise the
+    /// head. Training then continues for <see cref="MaxEpochs"/> epochs; set <see cref="MaxEpochs"/> to 0 to use the adapter
+    /// as it is (inference only). Default null (a fresh adapter).
+    /// </summary>
+    public string? InitialPeftAdapter;
+
     /// <summary>Optimizer steps between progress reports on the MLContext log and <see cref="Progress"/>. Default 10.</summary>
     public int ProgressInterval = 10;
 

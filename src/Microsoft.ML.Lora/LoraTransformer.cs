@@ -87,6 +87,19 @@ public sealed class LoraTransformer : ITransformer, IDisposable
         return mapper;
     }
 
+    /// <summary>
+    /// Writes the adapter as a Hugging Face PEFT directory (<c>adapter_config.json</c> + <c>adapter_model.safetensors</c>, the
+    /// classification head as <c>modules_to_save</c>). Module paths are those of Hugging Face's <c>BertForSequenceClassification</c>,
+    /// so PEFT loads it onto the same base model; <see cref="LoraFineTuningOptions.InitialPeftAdapter"/> reads it back.
+    /// </summary>
+    /// <param name="directory">The directory to write (created if needed).</param>
+    /// <returns>The directory written.</returns>
+    public string SavePeftAdapter(string directory)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(directory);
+        return PeftAdapter.Save(Model.Model, directory);
+    }
+
     /// <summary>Lazily adds the prediction columns; one forward pass per <see cref="LoraFineTuningOptions.InferenceBatchSize"/> rows.</summary>
     public IDataView Transform(IDataView input)
     {

@@ -65,6 +65,9 @@ internal sealed class LoraTextModel : IDisposable
                 target_modules = settings.TargetModules.ToList(),
                 use_rslora = settings.UseRsLora,
 
+                // The head trains with the adapter and is saved with it, as PEFT's modules_to_save.
+                modules_to_save = ["classifier"],
+
                 // With mean pooling the pooler (present in some exports) is unused: an adapter there would never train.
                 exclude_modules = settings.Pooling == PoolingMode.Mean ? ["pooler.dense"] : null,
             };
