@@ -53,6 +53,7 @@ AnsiConsole.MarkupLine($"Linear probe (frozen MiniLM + LbfgsLogisticRegression):
 // 2. LoRA fine-tuning: MapValueToKey -> LoraFineTune -> MapKeyToValue.
 var watch = Stopwatch.StartNew();
 ITransformer model = null!;
+var curve = new TrainingCurve();
 if (AnsiConsole.Profile.Capabilities.Interactive)
 {
     AnsiConsole.Progress()
@@ -62,6 +63,7 @@ if (AnsiConsole.Profile.Capabilities.Interactive)
             var task = ctx.AddTask("LoRA fine-tuning", maxValue: 1);
             options.Progress = new InlineProgress<LoraTrainingProgress>(p =>
             {
+                curve.Add(p);
                 task.MaxValue = p.TotalSteps;
                 task.Value = p.Step;
                 task.Description = $"epoch {p.Epoch}/{p.MaxEpochs} loss {p.Loss:F3} lr {p.LearningRate:G2} {p.RowsPerSecond:F0} rows/s";
@@ -73,6 +75,7 @@ else
 {
     options.Progress = new InlineProgress<LoraTrainingProgress>(p =>
     {
+        curve.Add(p);
         if (p.Step % 20 == 0 || p.Step == p.TotalSteps)
         {
             Console.WriteLine($"  epoch {p.Epoch}/{p.MaxEpochs} step {p.Step}/{p.TotalSteps} loss {p.Loss:F4} lr {p.LearningRate:G3} {p.RowsPerSecond:F1} rows/s ETA {p.EstimatedRemaining:mm\\:ss}");
@@ -82,6 +85,9 @@ else
 }
 
 var trainingTime = watch.Elapsed;
+string chartPath = Path.Combine(Path.GetTempPath(), "SentimentLora.training-loss.png");
+curve.Save(chartPath);
+AnsiConsole.MarkupLine($"Training loss per epoch: {string.Join(", ", curve.EpochLosses().Select(e => $"{e.Epoch}: {e.Loss:F4}"))} (chart: {chartPath})");
 var lora = ((IEnumerable<ITransformer>)model).OfType<LoraTransformer>().Single();
 
 // 3. Evaluate on the held-out 20 %.

@@ -1,3 +1,4 @@
+using Microsoft.ML.Lora.Tests;
 using TorchSharp;
 using static TorchSharp.torch;
 
