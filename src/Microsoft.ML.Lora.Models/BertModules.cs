@@ -77,15 +77,19 @@ internal sealed class BertSelfAttention : Module<Tensor, Tensor, Tensor>
     }
 }
 
-internal sealed class BertSelfOutput : Module<Tensor, Tensor, Tensor>
+/// <summary>
+/// dense → dropout → + residual → LayerNorm: Hugging Face's BertSelfOutput (input = hidden size) and BertOutput
+/// (input = intermediate size) are this one block with different input widths.
+/// </summary>
+internal sealed class BertResidualOutput : Module<Tensor, Tensor, Tensor>
 {
     private Module<Tensor, Tensor> dense;
     private readonly LayerNorm LayerNorm;
     private readonly Dropout dropout;
 
-    public BertSelfOutput(BertConfig config) : base("BertSelfOutput")
+    public BertResidualOutput(string name, int inputSize, BertConfig config) : base(name)
     {
-        dense = nn.Linear(config.HiddenSize, config.HiddenSize);
+        dense = nn.Linear(inputSize, config.HiddenSize);
         LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps);
         dropout = nn.Dropout(config.HiddenDropoutProb);
         RegisterComponents();
@@ -101,12 +105,12 @@ internal sealed class BertSelfOutput : Module<Tensor, Tensor, Tensor>
 internal sealed class BertAttention : Module<Tensor, Tensor, Tensor>
 {
     private readonly BertSelfAttention self;
-    private readonly BertSelfOutput output;
+    private readonly BertResidualOutput output;
 
     public BertAttention(BertConfig config) : base("BertAttention")
     {
         self = new BertSelfAttention(config);
-        output = new BertSelfOutput(config);
+        output = new BertResidualOutput("BertSelfOutput", config.HiddenSize, config);
         RegisterComponents();
     }
 
@@ -143,38 +147,17 @@ internal sealed class BertIntermediate : Module<Tensor, Tensor>
     }
 }
 
-internal sealed class BertOutput : Module<Tensor, Tensor, Tensor>
-{
-    private Module<Tensor, Tensor> dense;
-    private readonly LayerNorm LayerNorm;
-    private readonly Dropout dropout;
-
-    public BertOutput(BertConfig config) : base("BertOutput")
-    {
-        dense = nn.Linear(config.IntermediateSize, config.HiddenSize);
-        LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps);
-        dropout = nn.Dropout(config.HiddenDropoutProb);
-        RegisterComponents();
-    }
-
-    public override Tensor forward(Tensor intermediate, Tensor residual)
-    {
-        using var scope = NewDisposeScope();
-        return LayerNorm.forward(dropout.forward(dense.call(intermediate)).add_(residual)).MoveToOuterDisposeScope();
-    }
-}
-
 internal sealed class BertLayer : Module<Tensor, Tensor, Tensor>
 {
     private readonly BertAttention attention;
     private readonly BertIntermediate intermediate;
-    private readonly BertOutput output;
+    private readonly BertResidualOutput output;
 
     public BertLayer(BertConfig config) : base("BertLayer")
     {
         attention = new BertAttention(config);
         intermediate = new BertIntermediate(config);
-        output = new BertOutput(config);
+        output = new BertResidualOutput("BertOutput", config.IntermediateSize, config);
         RegisterComponents();
     }
 
