@@ -8,6 +8,20 @@ internal static class BaseInit
     internal static (Tensor weight, Tensor? bias) Linear(long in_features, long out_features, bool bias, Device? device, ScalarType? dtype) =>
         KaimingWithBias([out_features, in_features], in_features, bias, device, dtype);
 
+    /// <summary>A linear layer's base as stored: out×in, or in×out (contiguous) when <paramref name="fan_in_fan_out"/>.</summary>
+    internal static (Tensor weight, Tensor? bias) Linear(long in_features, long out_features, bool bias, bool fan_in_fan_out, Device? device, ScalarType? dtype)
+    {
+        var (w, b) = Linear(in_features, out_features, bias, device, dtype);
+        if (!fan_in_fan_out)
+        {
+            return (w, b);
+        }
+
+        var transposed = w.t().contiguous();
+        w.Dispose();
+        return (transposed, b);
+    }
+
     internal static (Tensor weight, Tensor? bias) Conv(long[] weightShape, bool bias, Device? device, ScalarType? dtype)
     {
         long fanIn = 1;

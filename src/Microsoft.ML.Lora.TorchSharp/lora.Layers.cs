@@ -170,13 +170,7 @@ public static partial class lora
         enable_lora ??= [false];
         Modules.MergedLinear.CheckGroups(out_features, r, enable_lora);
         var init = LoraArguments.ParseInit(init_lora_weights);
-        var (w, b) = BaseInit.Linear(in_features, out_features, bias, device, dtype);
-        if (fan_in_fan_out)
-        {
-            var transposed = w.t().contiguous();
-            w.Dispose();
-            w = transposed;
-        }
+        var (w, b) = BaseInit.Linear(in_features, out_features, bias, fan_in_fan_out, device, dtype);
 
         return new Modules.MergedLinear(LoraArguments.NewParameter(w), b is null ? null : LoraArguments.NewParameter(b),
             r, lora_alpha, lora_dropout, enable_lora, fan_in_fan_out, merge_weights, use_rslora, init);

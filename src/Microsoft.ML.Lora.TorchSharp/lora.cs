@@ -41,13 +41,7 @@ public static partial class lora
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(out_features);
         LoraArguments.Check(r, lora_alpha, lora_dropout);
         var init = LoraArguments.ParseInit(init_lora_weights);
-        var (w, b) = BaseInit.Linear(in_features, out_features, bias, device, dtype);
-        if (fan_in_fan_out)
-        {
-            var transposed = w.t().contiguous();
-            w.Dispose();
-            w = transposed;
-        }
+        var (w, b) = BaseInit.Linear(in_features, out_features, bias, fan_in_fan_out, device, dtype);
 
         return new Modules.Linear(LoraArguments.NewParameter(w), b is null ? null : LoraArguments.NewParameter(b),
             r, lora_alpha, lora_dropout, fan_in_fan_out, merge_weights, use_rslora, init);

@@ -142,17 +142,7 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     public Parameter? lora_A
     {
         get => _lora_A;
-        set
-        {
-            if (_lora_A is not null)
-            {
-                ArgumentNullException.ThrowIfNull(value);
-                CheckSameShape(_lora_A, value, "lora_A");
-            }
-
-            _lora_A = value?.DetachFromDisposeScope() as Parameter;
-            ConditionallyRegisterParameter("lora_A", _lora_A);
-        }
+        set => SetFactor(ref _lora_A, value, "lora_A");
     }
 
     /// <summary>The up-projection factor B (initialised to zero except for Embedding); null when <c>r</c> is 0.</summary>
@@ -160,17 +150,20 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     public Parameter? lora_B
     {
         get => _lora_B;
-        set
-        {
-            if (_lora_B is not null)
-            {
-                ArgumentNullException.ThrowIfNull(value);
-                CheckSameShape(_lora_B, value, "lora_B");
-            }
+        set => SetFactor(ref _lora_B, value, "lora_B");
+    }
 
-            _lora_B = value?.DetachFromDisposeScope() as Parameter;
-            ConditionallyRegisterParameter("lora_B", _lora_B);
+    // A factor, once there, can only be replaced by one of the same shape (never removed).
+    private void SetFactor(ref Parameter? field, Parameter? value, string name)
+    {
+        if (field is not null)
+        {
+            ArgumentNullException.ThrowIfNull(value, name);
+            CheckSameShape(field, value, name);
         }
+
+        field = value?.DetachFromDisposeScope() as Parameter;
+        ConditionallyRegisterParameter(name, field);
     }
 
     /// <summary>
