@@ -1,0 +1,148 @@
+using TorchSharp;
+using static TorchSharp.torch;
+using static TorchSharp.torch.autograd;
+
+namespace Microsoft.ML.Lora;
+
+/// <summary>
+/// The autograd node behind <see cref="lora.checkpoint"/>: forward runs the segment without recording a graph and keeps
+/// only its input (and the random-number state, so dropout draws the same masks again); backward runs the segment a
+/// second time with a graph and returns the gradients of the input and of the segment's trainable parameters.
+/// </summary>
+/// <remarks>
+/// Arguments of <c>apply</c>: the segment function, the segment input, then the trainable parameters. Passing the
+/// parameters as inputs (rather than letting a nested <c>backward()</c> accumulate into them) keeps the node in the
+/// graph even when the input does not require a gradient (the first encoder layer after frozen embeddings), and lets
+/// the autograd engine accumulate parameter gradients as it does for any other node.
+/// </remarks>
+internal sealed class CheckpointFunction : SingleTensorFunction<CheckpointFunction>
+{
+    private const string FunctionKey = "function";
+    private const string CpuRngStateKey = "cpu_rng_state";
+    private const string CudaSeedKey = "cuda_seed";
+    private const string InputRequiresGradKey = "input_requires_grad";
+    private const string ParametersKey = "parameters";
+
+    // Gradients returned by backward (and the incoming one) are copied by the autograd engine (it takes its own reference) once backward has
+    // returned; the managed handles are released at the start of the next backward on the same thread. Per thread, because
+    // CUDA runs backward on the engine's device threads, where no dispose scope is open.
+    [ThreadStatic]
+    private static List<Tensor>? handedOver;
+
+    public override string Name => "LoraCheckpoint";
+
+    public override Tensor forward(AutogradContext ctx, params object[] vars)
+    {
+        var function = (Func<Tensor, Tensor>)vars[0];
+        var input = (Tensor)vars[1];
+        ctx.save_data(FunctionKey, function);
+        ctx.save_data(InputRequiresGradKey, input.requires_grad);
+        ctx.save_data(ParametersKey, vars.Skip(2).Cast<Tensor>().ToArray());
+        ctx.save_for_backward([input]);
+
+        // Dropout on the CPU draws from the default CPU generator: keep its exact state and replay it. TorchSharp cannot
+        // read a CUDA generator's state, so on CUDA the segment's generator is seeded from the CPU stream instead (the
+        // whole run stays deterministic under torch.manual_seed), and seeded again for the recomputation.
+        if (input.device.type == DeviceType.CUDA)
+        {
+            using var seedTensor = randint(long.MaxValue, [1], dtype: ScalarType.Int64);
+            long seed = seedTensor.item<long>();
+            ctx.save_data(CudaSeedKey, seed);
+            cuda.manual_seed(seed);
+        }
+        else
+        {
+            using var state = random.get_rng_state();
+            ctx.save_data(CpuRngStateKey, state.data<byte>().ToArray());
+        }
+        return function(input);
+    }
+
+    public override List<Tensor> backward(AutogradContext ctx, Tensor grad_output)
+    {
+        var function = (Func<Tensor, Tensor>)ctx.get_data(FunctionKey);
+        bool inputRequiresGrad = (bool)ctx.get_data(InputRequiresGradKey);
+        var parameters = (Tensor[])ctx.get_data(ParametersKey);
+        ReleaseHandedOver();
+
+        // One entry per apply argument: none for the function, then the input, then each parameter.
+        var result = new List<Tensor> { null!, null! };
+        using (var scope = NewDisposeScope())
+        using (enable_grad())
+        {
+            var saved = ctx.get_saved_variables()[0];
+            var input = saved.detach().requires_grad_(inputRequiresGrad);
+            Tensor output;
+            if (ctx.get_data(CpuRngStateKey) is byte[] rngState)
+            {
+                var current = random.get_rng_state();
+                random.set_rng_state(tensor(rngState, ScalarType.Byte));
+                try
+                {
+                    output = function(input);
+                }
+                finally
+                {
+                    random.set_rng_state(current);
+                }
+            }
+            else
+            {
+                cuda.manual_seed((long)ctx.get_data(CudaSeedKey));
+                output = function(input);
+            }
+
+            var targets = new List<Tensor>(parameters.Length + 1);
+            if (inputRequiresGrad)
+            {
+                targets.Add(input);
+            }
+
+            targets.AddRange(parameters);
+            var grads = targets.Count == 0
+                ? []
+                : grad([output], targets, [grad_output], allow_unused: true);
+            int next = 0;
+            if (inputRequiresGrad)
+            {
+                result[1] = HandOver(grads[next++]);
+            }
+
+            for (int i = 0; i < parameters.Length; i++)
+            {
+                result.Add(HandOver(grads[next++]));
+            }
+        }
+
+        // The engine's handle of the incoming gradient: released with the outgoing ones.
+        HandOver(grad_output);
+        return result;
+    }
+
+    private static Tensor HandOver(Tensor gradient)
+    {
+        if (gradient is null || gradient.IsInvalid)
+        {
+            return null!;
+        }
+
+        gradient.DetachFromDisposeScope();
+        (handedOver ??= []).Add(gradient);
+        return gradient;
+    }
+
+    private static void ReleaseHandedOver()
+    {
+        if (handedOver is null)
+        {
+            return;
+        }
+
+        foreach (var gradient in handedOver)
+        {
+            gradient.Dispose();
+        }
+
+        handedOver.Clear();
+    }
+}
