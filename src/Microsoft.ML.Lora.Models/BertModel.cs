@@ -38,6 +38,19 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
     /// <summary>The configuration the model was built with (a new copy on each call; changing it does not affect the model).</summary>
     public BertConfig Config => config.Clone();
 
+    /// <summary>
+    /// Gradient (activation) checkpointing, as Hugging Face's <c>gradient_checkpointing_enable()</c>: while training with
+    /// gradients on, each encoder layer keeps only its input and is run again during <c>backward()</c>
+    /// (<c>lora.checkpoint</c>; dropout masks are replayed, so gradients are those of a plain backward). Saves most
+    /// of the activation memory of training for about one extra encoder forward per step. Default false. Trainable
+    /// parameters inside the layers (LoRA factors, or all weights in full fine-tuning) get their gradients as usual.
+    /// </summary>
+    public bool GradientCheckpointing
+    {
+        get => encoder.GradientCheckpointing;
+        set => encoder.GradientCheckpointing = value;
+    }
+
     /// <summary>Whether the model has the pooler (<c>pooler.dense</c>).</summary>
     public bool HasPoolingLayer => pooler is not null;
 

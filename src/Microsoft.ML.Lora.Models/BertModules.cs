@@ -179,12 +179,18 @@ internal sealed class BertEncoder : Module<Tensor, Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <summary>Whether training runs each layer through <c>lora.checkpoint</c> (see <see cref="BertModel.GradientCheckpointing"/>).</summary>
+    public bool GradientCheckpointing { get; set; }
+
     public override Tensor forward(Tensor hidden, Tensor additiveMask)
     {
+        bool checkpointing = GradientCheckpointing && training && is_grad_enabled();
         Tensor current = hidden;
         foreach (var block in layer)
         {
-            var next = block.forward(current, additiveMask);
+            var next = checkpointing
+                ? lora.checkpoint(block.forward, current, additiveMask, block.parameters())
+                : block.forward(current, additiveMask);
             if (!ReferenceEquals(current, hidden))
             {
                 current.Dispose();

@@ -140,6 +140,36 @@ public sealed class CheckpointTests
     }
 
     [TestMethod]
+    public void Checkpoint_TwoInputs_SecondDisposedBeforeBackward_GradientsEqualPlain()
+    {
+        // The model pattern: a mask made inside forward's own dispose scope is gone when backward recomputes.
+        using var scope = NewDisposeScope();
+        var (first, _) = Stack(0.0);
+        var x = randn(2, 3, 6);
+        Tensor Segment(Tensor h, Tensor m) => first.call(h).mul(m);
+
+        var plainMask = rand(2, 3, 1);
+        Segment(x, plainMask).pow(2).sum().backward();
+        var expected = first.parameters().Where(p => p.requires_grad).Select(p => p.grad!.clone()).ToArray();
+        first.zero_grad();
+
+        Tensor output;
+        using (var inner = NewDisposeScope())
+        {
+            var mask = plainMask.clone();
+            output = lora.checkpoint(Segment, x, mask, first.parameters()).MoveToOuterDisposeScope();
+        }
+
+        output.pow(2).sum().backward();
+        var actual = first.parameters().Where(p => p.requires_grad).Select(p => p.grad!).ToArray();
+        Assert.AreEqual(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+        {
+            Assert.IsTrue(actual[i].allclose(expected[i], rtol: 1e-5, atol: 1e-7), $"parameter {i}");
+        }
+    }
+
+    [TestMethod]
     public void Checkpoint_NullArguments_NameTheParameter()
     {
         var x = zeros(1);
