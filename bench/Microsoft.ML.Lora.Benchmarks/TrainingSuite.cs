@@ -12,7 +12,7 @@ namespace Microsoft.ML.Lora.Benchmarks;
 /// </summary>
 internal static class TrainingSuite
 {
-    internal enum Variant { LoraQv, LoraAllLinear, Full }
+    internal enum Variant { LoraQv, LoraAllLinear, Full, LoraQvCheckpointed, FullCheckpointed }
 
     public static void Run(BenchReport report, double limitGflops, bool quick)
     {
@@ -32,6 +32,13 @@ internal static class TrainingSuite
             "≤ 0.6× (≤ 0.75× in the encoder issue)", qvMs / fullMs <= 0.6));
         var (allMs, full2Ms) = Measure.Pair(allStep, fullStep, reps);
         report.Add(new BenchRow("training", $"step time {batch}×{seq}", "ms", allMs, full2Ms, "LoRA r=8 all-linear", "full fine-tuning"));
+        using (var checkpointed = Build(Variant.LoraQvCheckpointed))
+        {
+            Action checkpointedStep = EncoderSuite.Step(checkpointed.Model, data.Ids, data.Mask, data.Types, data.Labels);
+            var (ckMs, full3Ms) = Measure.Pair(checkpointedStep, fullStep, reps);
+            report.Add(new BenchRow("training", $"step time {batch}×{seq}", "ms", ckMs, full3Ms, "LoRA r=8 q,v + gradient checkpointing", "full fine-tuning",
+                "≤ 0.6×", ckMs / full3Ms <= 0.6));
+        }
 
         BertConfig config = qv.Model.Bert.Config;
         double loraFlops = StepFlops(config, batch, seq, fullFineTuning: false);
@@ -48,6 +55,12 @@ internal static class TrainingSuite
         double fullPeak = ProbeMemoryInChild(Variant.Full);
         report.Add(new BenchRow("training", "peak memory above model weights", "MiB", qvPeak, fullPeak, "LoRA r=8 q,v", "full fine-tuning",
             "≤ 0.5×", qvPeak / fullPeak <= 0.5));
+        double checkpointedPeak = ProbeMemoryInChild(Variant.LoraQvCheckpointed);
+        report.Add(new BenchRow("training", "peak memory above model weights", "MiB", checkpointedPeak, fullPeak, "LoRA r=8 q,v + gradient checkpointing", "full fine-tuning",
+            "≤ 0.5×", checkpointedPeak / fullPeak <= 0.5));
+        double fullCheckpointedPeak = ProbeMemoryInChild(Variant.FullCheckpointed);
+        report.Add(new BenchRow("training", "peak memory above model weights, both checkpointed", "MiB", checkpointedPeak, fullCheckpointedPeak,
+            "LoRA r=8 q,v + gradient checkpointing", "full fine-tuning + gradient checkpointing"));
 
         if (!quick) Scaling(report, qv.Model);
     }
@@ -106,10 +119,11 @@ internal static class TrainingSuite
         manual_seed(0);
         var loaded = PretrainedModel.MiniLmL6V2.Load();
         var model = new BertForSequenceClassification(loaded.Model, 2);
-        if (v != Variant.Full)
+        model.Bert.GradientCheckpointing = v is Variant.LoraQvCheckpointed or Variant.FullCheckpointed;
+        if (v is not (Variant.Full or Variant.FullCheckpointed))
         {
             var config = new LoraConfig { r = 8, lora_alpha = 16 };
-            if (v == Variant.LoraQv) config.target_modules = new List<string> { "query", "value" };
+            if (v is Variant.LoraQv or Variant.LoraQvCheckpointed) config.target_modules = new List<string> { "query", "value" };
             else config.target_modules = new List<string> { LoraConfig.AllLinear };
             lora.inject_adapter_in_model(config, model.Bert);
             lora.mark_only_lora_as_trainable(model);

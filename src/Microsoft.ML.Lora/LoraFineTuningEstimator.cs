@@ -99,6 +99,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
                 }
             }
 
+            model.Model.Bert.GradientCheckpointing = options.GradientCheckpointing;
             var trainer = new LoraTrainer(env, channel, options, model, training, validation, seed);
             var best = trainer.Train(statistics.Rows);
             if (best is null && !trainer.UsedEvalMode)
