@@ -281,4 +281,59 @@ public sealed class CudaLayerTests
             .ToDictionary(p => p.name, p => p.parameter.grad!.detach().cpu().clone());
         return (y.detach().cpu(), grads);
     }
+
+    [TestMethod]
+    public void Checkpoint_WithDropoutOnCuda_GradientsEqualPlainBackwardWithTheSameMasks()
+    {
+        // On CUDA, lora.checkpoint seeds the device generator per segment from the CPU stream (TorchSharp cannot read a
+        // CUDA generator's state) and seeds it again for the recomputation. The plain run below seeds the same way, so
+        // both draw the same dropout masks; equal gradients then show that the recomputation replayed them.
+        using var scope = NewDisposeScope();
+        bool onCuda = Gpu.type == DeviceType.CUDA;
+        Dictionary<string, Tensor> Run(bool checkpointed)
+        {
+            manual_seed(3);
+            var segments = Enumerable.Range(0, 2).Select(_ => nn.Sequential(
+                ("up", (nn.Module<Tensor, Tensor>)lora.Linear(8, 16, r: 2, lora_alpha: 4, lora_dropout: 0.2)),
+                ("act", nn.GELU()), ("drop", nn.Dropout(0.3)), ("down", nn.Linear(16, 8)))).ToArray();
+            foreach (var segment in segments)
+            {
+                lora.mark_only_lora_as_trainable(segment);
+                TestUtil.Randomize(segment.named_parameters().Single(p => p.name == "up.lora_B").parameter);
+                segment.to(Gpu);
+            }
+
+            manual_seed(5);
+            var h = randn(4, 5, 8).to(Gpu);
+            foreach (var segment in segments)
+            {
+                if (checkpointed)
+                {
+                    h = lora.checkpoint(segment.call, h, segment.parameters());
+                }
+                else
+                {
+                    if (onCuda)
+                    {
+                        using var seed = randint(long.MaxValue, [1], dtype: ScalarType.Int64);
+                        cuda.manual_seed(seed.item<long>());
+                    }
+
+                    h = segment.call(h);
+                }
+            }
+
+            h.pow(2).sum().backward();
+            return segments.SelectMany((s, i) => s.named_parameters().Where(p => p.parameter.requires_grad)
+                .Select(p => (name: $"{i}.{p.name}", grad: p.parameter.grad!.cpu()))).ToDictionary(p => p.name, p => p.grad);
+        }
+
+        var plain = Run(false);
+        var checkpointed = Run(true);
+        Assert.HasCount(4, plain, "lora_A and lora_B of both segments");
+        foreach (var (name, grad) in plain)
+        {
+            Assert.IsLessThan(1e-5, TestUtil.MaxRelativeDifference(checkpointed[name], grad), $"gradient of {name}");
+        }
+    }
 }
