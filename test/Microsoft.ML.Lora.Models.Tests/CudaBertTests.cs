@@ -6,7 +6,7 @@ namespace Microsoft.ML.Lora.Models.Tests;
 
 /// <summary>
 /// The BERT encoder with and without LoRA on a CUDA device agrees with the CPU. Skipped (reported as skipped) without
-/// CUDA; build/gpu-check.sh runs the same methods on a GPU machine.
+/// CUDA; scripts/gpu-check.sh runs the same methods on a GPU machine.
 /// </summary>
 [TestClass]
 [CudaCondition]
