@@ -79,7 +79,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             label.Task == LoraTaskKind.Regression ? (float)statistics.StandardDeviation : 1f);
 
         using var channel = host.Start("LoraFineTuning");
-        var model = LoraTextModel.Create(options.BaseModel, device, label, settings, seed);
+        var model = LoraTextModel.Create(options.BaseModel, device, options.Precision, label, settings, seed);
         try
         {
             int maxPositions = model.Model.Bert.Config.MaxPositionEmbeddings;
@@ -112,7 +112,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             var state = best ?? model.AdapterState();
             try
             {
-                var rebuilt = LoraTextModel.Create(options.BaseModel, device, label, settings, seed);
+                var rebuilt = LoraTextModel.Create(options.BaseModel, device, options.Precision, label, settings, seed);
                 rebuilt.LoadAdapterState(state);
                 rebuilt.Model.eval();
                 model.Dispose();
@@ -276,6 +276,11 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
         Positive(o.EarlyStoppingPatience, nameof(o.EarlyStoppingPatience));
         Positive(o.InferenceBatchSize, nameof(o.InferenceBatchSize));
         Positive(o.ProgressInterval, nameof(o.ProgressInterval));
+        if (!Enum.IsDefined(o.Precision))
+        {
+            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.Precision), o.Precision, "Precision must be Auto, Float32 or BFloat16.");
+        }
+
         if (double.IsNaN(o.ClipNorm))
         {
             throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.ClipNorm), o.ClipNorm, "ClipNorm must be a number (0 or less disables clipping).");
