@@ -48,7 +48,7 @@ public sealed class CudaFineTuningTests
     {
         var ml = GpuContext(2);
         var data = Data(ml);
-        using var model = ml.Transforms.LoraFineTune(LoraFineTuningTests.FastOptions(baseModel)).Fit(data);
+        using var model = ml.Transforms.LoraFineTune(TinyBert.FastOptions(baseModel)).Fit(data);
         Assert.AreEqual(CudaConditionAttribute.Device.type, model.Model.Device.type, "the model lives on the requested device");
         Assert.IsTrue(model.Model.Model.parameters().All(p => p.device.type == CudaConditionAttribute.Device.type), "every parameter is on it");
         var metrics = ml.BinaryClassification.Evaluate(model.Transform(data));
@@ -60,7 +60,7 @@ public sealed class CudaFineTuningTests
     {
         var gpu = GpuContext(3);
         var data = Data(gpu);
-        using var trained = gpu.Transforms.LoraFineTune(LoraFineTuningTests.FastOptions(baseModel)).Fit(data);
+        using var trained = gpu.Transforms.LoraFineTune(TinyBert.FastOptions(baseModel)).Fit(data);
         float[] onGpu = Scores(gpu, trained, data);
         string path = Path.Combine(root, "gpu-trained.zip");
         gpu.Model.Save(trained, data.Schema, path);
@@ -86,7 +86,7 @@ public sealed class CudaFineTuningTests
     {
         int count = CudaConditionAttribute.CpuStandIn ? 0 : torch.cuda.device_count();
         var ml = new MLContext(seed: 4) { GpuDeviceId = count, FallbackToCpu = false };
-        var error = Assert.Throws<InvalidOperationException>(() => ml.Transforms.LoraFineTune(LoraFineTuningTests.FastOptions(baseModel)).Fit(Data(ml)));
+        var error = Assert.Throws<InvalidOperationException>(() => ml.Transforms.LoraFineTune(TinyBert.FastOptions(baseModel)).Fit(Data(ml)));
         StringAssert.Contains(error.Message, $"GpuDeviceId = {count}");
     }
 }
