@@ -25,6 +25,9 @@ namespace Microsoft.ML.Lora;
 /// <para>
 /// Device: with <c>mlContext.GpuDeviceId</c> unset the CPU is used; when set, that CUDA device is used if the torch runtime
 /// has it, otherwise the CPU if <c>mlContext.FallbackToCpu</c> is true, else an error (as Microsoft.ML.TorchSharp).
+/// On a CUDA device the frozen encoder runs in bfloat16 by default (<see cref="LoraFineTuningOptions.Precision"/>), batches
+/// travel from pinned host memory without waiting for the device, and the host reads the device only at the progress
+/// interval and at the end of each epoch.
 /// </para>
 /// </remarks>
 public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
@@ -45,7 +48,10 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
     /// <summary>Trains the LoRA adapter and head on <paramref name="input"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException">A column is missing or has the wrong type (the message names it, the expected and the actual type).</exception>
     /// <exception cref="ArgumentException">No labelled rows, a single class, or a constant regression label.</exception>
-    /// <exception cref="InvalidOperationException">The loss became NaN or infinite (the message names the step), or a requested GPU is missing.</exception>
+    /// <exception cref="InvalidOperationException">
+    /// The loss became NaN or infinite (checked at each progress report and epoch end; the message names the optimizer steps
+    /// since the previous check), or a requested GPU is missing.
+    /// </exception>
     /// <exception cref="OperationCanceledException"><c>mlContext.CancelExecution()</c> was called.</exception>
     public LoraTransformer Fit(IDataView input)
     {

@@ -141,7 +141,11 @@ public sealed class LoraFineTuningOptions
     /// </summary>
     public string? InitialPeftAdapter;
 
-    /// <summary>Optimizer steps between progress reports on the MLContext log and <see cref="Progress"/>. Default 10.</summary>
+    /// <summary>
+    /// Optimizer steps between progress reports on the MLContext log and <see cref="Progress"/>. Default 10. The loss stays
+    /// on the device between reports: each report is the one point (besides the end of an epoch) where training waits for
+    /// the device to read it, and where a NaN or infinite loss stops training.
+    /// </summary>
     public int ProgressInterval = 10;
 
     /// <summary>
