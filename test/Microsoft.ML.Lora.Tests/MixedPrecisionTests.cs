@@ -198,6 +198,28 @@ public sealed class MixedPrecisionTests
     }
 
     [TestMethod]
+    public void Load_ModelFileOfVersion1_IsFloat32()
+    {
+        // Version 1 files (before Precision existed) were trained in float32 and must load as Float32 on any device.
+        string fixture = Path.Combine(AppContext.BaseDirectory, "TestData", "model-v1");
+        string? previous = Environment.GetEnvironmentVariable(Internal.LoraModelFile.BaseModelOverrideVariable);
+        Environment.SetEnvironmentVariable(Internal.LoraModelFile.BaseModelOverrideVariable, Path.Combine(fixture, "base"));
+        try
+        {
+            var chain = (TransformerChain<ITransformer>)new MLContext(seed: 1).Model.Load(Path.Combine(fixture, "model.zip"), out _);
+            var lora = ((IEnumerable<ITransformer>)chain).OfType<LoraTransformer>().Single();
+            Assert.AreEqual(LoraPrecision.Float32, lora.Model.Precision);
+            Assert.AreEqual(ScalarType.Float32, lora.Model.EncoderDtype);
+            (chain as IDisposable)?.Dispose();
+            lora.Dispose();
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(Internal.LoraModelFile.BaseModelOverrideVariable, previous);
+        }
+    }
+
+    [TestMethod]
     public void ResolveEncoderDtype_OnCpu_AutoIsFloat32_ExplicitChoicesKept()
     {
         Assert.AreEqual(ScalarType.Float32, DeviceResolver.ResolveEncoderDtype(LoraPrecision.Auto, CPU));
