@@ -82,6 +82,10 @@ public sealed class MixedPrecisionTests
         Assert.IsGreaterThan(0, frozen);
         Assert.AreEqual(ScalarType.Float32, fp32.Model.EncoderDtype);
         Assert.IsTrue(fp32.Model.Model.parameters().All(p => p.dtype == ScalarType.Float32), "Float32: every parameter float32");
+
+        // For inference the float32 CPU model merges ΔW into the base; the bfloat16 one keeps the branches.
+        Assert.IsTrue(fp32.Model.Model.modules().OfType<ILoraLayer>().All(l => l.merged), "float32 on the CPU: merged");
+        Assert.IsTrue(model.Model.modules().OfType<ILoraLayer>().All(l => !l.merged), "bfloat16: not merged");
     }
 
     [TestMethod]

@@ -88,9 +88,11 @@ internal sealed class LoraTextModel : IDisposable
                 // With mean pooling the pooler (present in some exports) is unused: an adapter there would never train.
                 exclude_modules = settings.Pooling == PoolingMode.Mean ? ["pooler.dense"] : null,
 
-                // Merging ΔW into bfloat16 weights rounds it to the weight's 8 significant bits (ΔW is small next to W,
-                // so most of it is lost) and unmerging does not restore the base: keep the branches separate instead.
-                merge_weights = encoderDtype == ScalarType.Float32,
+                // Merged (eval) only for float32 on the CPU. Merging ΔW into bfloat16 weights rounds it to the weight's 8
+                // significant bits (ΔW is small next to W, so most of it is lost) and unmerging does not restore the base.
+                // On a GPU a merged layer compares its factors with the merged ones at every forward (torch.equal: a
+                // device read per layer per batch), which costs more than the branch's two small matrix products.
+                merge_weights = encoderDtype == ScalarType.Float32 && device.type != DeviceType.CUDA,
             };
             var adapted = lora.inject_adapter_in_model(config, model);
             if (adapted.Count == 0)
