@@ -18,7 +18,7 @@ namespace Microsoft.ML.Lora.Internal;
 /// Saves and loads <see cref="LoraTransformer"/> in ML.NET model files (through ML.NET's internal model-file API).
 /// The transformer's zip entry holds, via <c>ctx.Writer</c>: a payload version, the task and label key values, the
 /// column names, the adapter settings, the tokenizer settings and the base-model reference (descriptor JSON and weights
-/// SHA-256); and a binary stream <see cref="TensorStreamName"/> with the LoRA and head tensors only.
+/// SHA-256), then (version 2) the requested precision; and a binary stream <see cref="TensorStreamName"/> with the LoRA and head tensors only.
 /// </summary>
 internal static class LoraModelFile
 {
