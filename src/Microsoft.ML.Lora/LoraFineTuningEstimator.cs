@@ -25,6 +25,9 @@ namespace Microsoft.ML.Lora;
 /// <para>
 /// Device: with <c>mlContext.GpuDeviceId</c> unset the CPU is used; when set, that CUDA device is used if the torch runtime
 /// has it, otherwise the CPU if <c>mlContext.FallbackToCpu</c> is true, else an error (as Microsoft.ML.TorchSharp).
+/// On a CUDA device the frozen encoder runs in bfloat16 by default (<see cref="LoraFineTuningOptions.Precision"/>), batches
+/// travel from pinned host memory without waiting for the device, and the host reads the device only at the progress
+/// interval and at the end of each epoch.
 /// </para>
 /// </remarks>
 public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
@@ -45,7 +48,10 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
     /// <summary>Trains the LoRA adapter and head on <paramref name="input"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException">A column is missing or has the wrong type (the message names it, the expected and the actual type).</exception>
     /// <exception cref="ArgumentException">No labelled rows, a single class, or a constant regression label.</exception>
-    /// <exception cref="InvalidOperationException">The loss became NaN or infinite (the message names the step), or a requested GPU is missing.</exception>
+    /// <exception cref="InvalidOperationException">
+    /// The loss became NaN or infinite (checked at each progress report and epoch end; the message names the optimizer steps
+    /// since the previous check), or a requested GPU is missing.
+    /// </exception>
     /// <exception cref="OperationCanceledException"><c>mlContext.CancelExecution()</c> was called.</exception>
     public LoraTransformer Fit(IDataView input)
     {
@@ -79,7 +85,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             label.Task == LoraTaskKind.Regression ? (float)statistics.StandardDeviation : 1f);
 
         using var channel = host.Start("LoraFineTuning");
-        var model = LoraTextModel.Create(options.BaseModel, device, label, settings, seed);
+        var model = LoraTextModel.Create(options.BaseModel, device, options.Precision, label, settings, seed);
         try
         {
             int maxPositions = model.Model.Bert.Config.MaxPositionEmbeddings;
@@ -113,7 +119,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             var state = best ?? model.AdapterState();
             try
             {
-                var rebuilt = LoraTextModel.Create(options.BaseModel, device, label, settings, seed);
+                var rebuilt = LoraTextModel.Create(options.BaseModel, device, options.Precision, label, settings, seed);
                 rebuilt.LoadAdapterState(state);
                 rebuilt.Model.eval();
                 model.Dispose();
@@ -277,6 +283,11 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
         Positive(o.EarlyStoppingPatience, nameof(o.EarlyStoppingPatience));
         Positive(o.InferenceBatchSize, nameof(o.InferenceBatchSize));
         Positive(o.ProgressInterval, nameof(o.ProgressInterval));
+        if (!Enum.IsDefined(o.Precision))
+        {
+            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.Precision), o.Precision, "Precision must be Auto, Float32 or BFloat16.");
+        }
+
         if (double.IsNaN(o.ClipNorm))
         {
             throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.ClipNorm), o.ClipNorm, "ClipNorm must be a number (0 or less disables clipping).");

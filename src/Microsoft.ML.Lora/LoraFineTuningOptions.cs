@@ -132,6 +132,15 @@ public sealed class LoraFineTuningOptions
     public int InferenceBatchSize = 64;
 
     /// <summary>
+    /// Precision of the frozen encoder, for training and for <c>Transform</c> of the trained model. Default
+    /// <see cref="LoraPrecision.Auto"/>: bfloat16 on a CUDA device (<c>mlContext.GpuDeviceId</c>), float32 on the CPU.
+    /// LoRA factors, head, loss and optimizer state are float32 in every mode, and the model file holds only float32
+    /// tensors: a model trained in bfloat16 on a GPU loads as a float32 model on the CPU. Loading on a GPU uses bfloat16
+    /// unless the model was trained with <see cref="LoraPrecision.Float32"/>. No float16 mode (see <see cref="LoraPrecision"/>).
+    /// </summary>
+    public LoraPrecision Precision = LoraPrecision.Auto;
+
+    /// <summary>
     /// Optional directory of a Hugging Face PEFT LoRA adapter (<c>adapter_config.json</c> + <c>adapter_model.safetensors</c>,
     /// e.g. trained with PEFT on the same base, or written by <see cref="LoraTransformer.SavePeftAdapter"/>) to start from.
     /// Its rank, alpha, rsLoRA flag and target modules replace <see cref="Rank"/>, <see cref="Alpha"/>, <see cref="UseRsLora"/>
@@ -141,7 +150,11 @@ public sealed class LoraFineTuningOptions
     /// </summary>
     public string? InitialPeftAdapter;
 
-    /// <summary>Optimizer steps between progress reports on the MLContext log and <see cref="Progress"/>. Default 10.</summary>
+    /// <summary>
+    /// Optimizer steps between progress reports on the MLContext log and <see cref="Progress"/>. Default 10. The loss stays
+    /// on the device between reports: each report is the one point (besides the end of an epoch) where training waits for
+    /// the device to read it, and where a NaN or infinite loss stops training.
+    /// </summary>
     public int ProgressInterval = 10;
 
     /// <summary>

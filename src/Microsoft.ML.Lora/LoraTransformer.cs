@@ -9,12 +9,14 @@ namespace Microsoft.ML.Lora;
 /// <summary>
 /// A pretrained text encoder with trained LoRA adapters and a task head, produced by <see cref="LoraFineTuningEstimator"/>.
 /// <see cref="Transform"/> is lazy and batched; <see cref="GetRowToRowMapper"/> makes it work in <c>PredictionEngine</c>
-/// (several engines on several threads share one native copy of the weights). Inference runs with the LoRA updates
-/// merged into the base weights.
+/// (several engines on several threads share one native copy of the weights). On the CPU in float32, inference runs with
+/// the LoRA updates merged into the base weights; on a GPU, and with a bfloat16 encoder, the LoRA branches run beside the
+/// base layers (see <see cref="LoraFineTuningOptions.Precision"/>).
 /// </summary>
 /// <remarks>
 /// <c>mlContext.Model.Save</c> writes the options, the label's key values, the base-model reference (kind, location,
-/// weights SHA-256) and only the LoRA and head tensors; <c>mlContext.Model.Load</c> rebuilds the model from the base
+/// weights SHA-256), the requested <see cref="LoraPrecision"/> and only the LoRA and head tensors (float32);
+/// <c>mlContext.Model.Load</c> rebuilds the model from the base
 /// model on this machine and checks its fingerprint. The embedded MiniLM is found wherever the package is installed; a
 /// Hugging Face folder or ONNX file is looked up at the recorded absolute path, or at the path in the environment variable
 /// <c>MICROSOFT_ML_LORA_BASE_MODEL</c> when the base model has moved (a folder, or an .onnx file with vocab.txt beside it).

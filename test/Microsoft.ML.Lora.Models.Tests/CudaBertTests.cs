@@ -6,7 +6,7 @@ namespace Microsoft.ML.Lora.Models.Tests;
 
 /// <summary>
 /// The BERT encoder with and without LoRA on a CUDA device agrees with the CPU. Skipped (reported as skipped) without
-/// CUDA; build/gpu-check.sh runs the same methods on a GPU machine.
+/// CUDA; scripts/gpu-check.sh runs the same methods on a GPU machine.
 /// </summary>
 [TestClass]
 [CudaCondition]
@@ -255,5 +255,40 @@ public sealed class CudaBertTests
         var e = expected.to(ScalarType.Float64).cpu();
         double scale = Math.Max(Math.Max(a.abs().max().item<double>(), e.abs().max().item<double>()), 1e-30);
         return (a - e).abs().max().item<double>() / scale;
+    }
+
+    [TestMethod]
+    public void EncodedBatch_ToTensorsOnGpu_OnePinnedBlock_ManyBatchesArriveIntact()
+    {
+        using var scope = NewDisposeScope();
+        var random = new Random(5);
+        EncodedBatch Batch(int rows, int length)
+        {
+            long[] Values(int max) => Enumerable.Range(0, rows * length).Select(_ => (long)random.Next(max)).ToArray();
+            return new EncodedBatch(rows, length, Values(30000), Values(2), Values(2));
+        }
+
+        var first = Batch(3, 5);
+        bool cuda = Gpu.type == DeviceType.CUDA;
+        using (var host = first.HostBlock(pinned: cuda))
+        {
+            // pin_memory needs CUDA: on the GPU the staging block is page-locked; the CPU path never pins.
+            Assert.AreEqual(cuda, host.is_pinned(), "host block pinned exactly when the target is a CUDA device");
+            CollectionAssert.AreEqual(first.InputIds.Concat(first.AttentionMask).Concat(first.TokenTypeIds).ToArray(), host.data<long>().ToArray());
+        }
+
+        // Many batches of changing shapes queued back to back with non-blocking copies, their host blocks released at
+        // once; only then read back. A host buffer reused before its copy ran would show up as wrong values.
+        var batches = Enumerable.Range(0, 200).Select(i => Batch(1 + (i % 7), 3 + (i % 11))).ToList();
+        var sent = batches.Select(b => b.ToTensors(Gpu)).ToList();
+        for (int i = 0; i < batches.Count; i++)
+        {
+            var (ids, mask, types) = sent[i];
+            Assert.AreEqual(Gpu.type, ids.device_type);
+            CollectionAssert.AreEqual(new long[] { batches[i].BatchSize, batches[i].SequenceLength }, ids.shape);
+            CollectionAssert.AreEqual(batches[i].InputIds, ids.cpu().data<long>().ToArray(), $"batch {i} ids");
+            CollectionAssert.AreEqual(batches[i].AttentionMask, mask.cpu().data<long>().ToArray(), $"batch {i} mask");
+            CollectionAssert.AreEqual(batches[i].TokenTypeIds, types.cpu().data<long>().ToArray(), $"batch {i} token types");
+        }
     }
 }

@@ -40,20 +40,7 @@ public sealed class LoraFineTuningTests
         }
     }
 
-    internal static LoraFineTuningOptions FastOptions(PretrainedModel model) => new()
-    {
-        BaseModel = model,
-
-        // Every linear layer: a tiny random encoder needs more adapted capacity than MiniLM's default query/value.
-        TargetModules = ["query", "key", "value", "dense"],
-        Rank = 4,
-        Alpha = 8,
-        BatchSize = 16,
-        MaxEpochs = 20,
-        LearningRate = 1e-2,
-        MaxSequenceLength = 16,
-        InferenceBatchSize = 7,
-    };
+    internal static LoraFineTuningOptions FastOptions(PretrainedModel model) => TinyBert.FastOptions(model);
 
     private static EstimatorChain<Microsoft.ML.Transforms.KeyToValueMappingTransformer> MulticlassPipeline(MLContext ml, LoraFineTuningOptions? options = null) =>
         ml.Transforms.Conversion.MapValueToKey("Label")

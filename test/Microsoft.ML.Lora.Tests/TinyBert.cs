@@ -39,6 +39,22 @@ internal static class TinyBert
         return PretrainedModel.FromHuggingFaceFolder(directory);
     }
 
+    /// <summary>Options that train the tiny BERT on the toy data in seconds (shared with the CUDA tests, which the GPU check links).</summary>
+    public static LoraFineTuningOptions FastOptions(PretrainedModel model) => new()
+    {
+        BaseModel = model,
+
+        // Every linear layer: a tiny random encoder needs more adapted capacity than MiniLM's default query/value.
+        TargetModules = ["query", "key", "value", "dense"],
+        Rank = 4,
+        Alpha = 8,
+        BatchSize = 16,
+        MaxEpochs = 20,
+        LearningRate = 1e-2,
+        MaxSequenceLength = 16,
+        InferenceBatchSize = 7,
+    };
+
     /// <summary>Seeded toy sentences; class 0 uses positive words, 1 negative, 2 neutral.</summary>
     public static List<(string Text, int Class)> Sentences(int count, int classes, int seed)
     {

@@ -5,7 +5,7 @@ namespace Microsoft.ML.Lora.Tests;
 
 /// <summary>
 /// LoRA layers and a LoRA-injected model on a Gpu device agree with the CPU. Skipped (reported as skipped) without
-/// CUDA; build/gpu-check.sh runs the same methods on a GPU machine.
+/// CUDA; scripts/gpu-check.sh runs the same methods on a GPU machine.
 /// </summary>
 [TestClass]
 [CudaCondition]

@@ -14,7 +14,7 @@ public sealed class CudaConditionAttribute : ConditionBaseAttribute
     public CudaConditionAttribute()
         : base(ConditionMode.Include)
     {
-        IgnoreMessage = "CUDA not available (torch.cuda.is_available() is false): needs an NVIDIA GPU and a CUDA libtorch; see build/gpu-check.sh.";
+        IgnoreMessage = "CUDA not available (torch.cuda.is_available() is false): needs an NVIDIA GPU and a CUDA libtorch; see scripts/gpu-check.sh.";
     }
 
     /// <summary>

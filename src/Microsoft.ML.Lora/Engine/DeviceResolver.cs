@@ -1,7 +1,9 @@
 using System.Globalization;
+using System.Runtime.InteropServices;
 using Microsoft.ML.Lora.Internal;
 using Microsoft.ML.Runtime;
 using TorchSharp;
+using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Engine;
 
@@ -41,5 +43,30 @@ internal static class DeviceResolver
         }
 
         return torch.CPU;
+    }
+
+    /// <summary>
+    /// The dtype of the frozen encoder for <paramref name="precision"/> on <paramref name="device"/>: Auto is bfloat16 on
+    /// a CUDA device whose libtorch runs a bfloat16 matrix product there, float32 otherwise.
+    /// </summary>
+    public static ScalarType ResolveEncoderDtype(LoraPrecision precision, torch.Device device) => precision switch
+    {
+        LoraPrecision.Float32 => ScalarType.Float32,
+        LoraPrecision.BFloat16 => ScalarType.BFloat16,
+        _ => device.type == DeviceType.CUDA && RunsBFloat16(device) ? ScalarType.BFloat16 : ScalarType.Float32,
+    };
+
+    private static bool RunsBFloat16(torch.Device device)
+    {
+        try
+        {
+            using var scope = torch.NewDisposeScope();
+            var x = torch.ones(8, 8, dtype: ScalarType.BFloat16, device: device);
+            return x.matmul(x).isfinite().all().item<bool>();
+        }
+        catch (ExternalException)
+        {
+            return false;
+        }
     }
 }

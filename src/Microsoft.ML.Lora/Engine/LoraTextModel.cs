@@ -17,11 +17,13 @@ internal sealed class LoraTextModel : IDisposable
     private readonly LoadedPretrainedModel baseModel;
     private bool disposed;
 
-    private LoraTextModel(LoadedPretrainedModel baseModel, BertForSequenceClassification model, Device device, LabelInfo label, AdapterSettings settings, IReadOnlyList<string> adaptedModules)
+    private LoraTextModel(LoadedPretrainedModel baseModel, BertForSequenceClassification model, Device device, LoraPrecision precision, ScalarType encoderDtype, LabelInfo label, AdapterSettings settings, IReadOnlyList<string> adaptedModules)
     {
         this.baseModel = baseModel;
         Model = model;
         Device = device;
+        Precision = precision;
+        EncoderDtype = encoderDtype;
         Label = label;
         Settings = settings;
         AdaptedModules = adaptedModules;
@@ -32,6 +34,12 @@ internal sealed class LoraTextModel : IDisposable
     public BertTextTokenizer Tokenizer => baseModel.Tokenizer;
 
     public Device Device { get; }
+
+    /// <summary>The precision asked for (recorded in the model file).</summary>
+    public LoraPrecision Precision { get; }
+
+    /// <summary>The dtype the frozen encoder runs in on <see cref="Device"/> (float32 or bfloat16); everything trainable is float32.</summary>
+    public ScalarType EncoderDtype { get; }
 
     public LabelInfo Label { get; }
 
@@ -47,14 +55,23 @@ internal sealed class LoraTextModel : IDisposable
     /// <summary>Loads the base, adds the head and the LoRA adapters (random A, zero B), freezes all but LoRA and head.</summary>
     /// <param name="source">Base model descriptor.</param>
     /// <param name="device">Device for all weights.</param>
+    /// <param name="precision">Precision asked for; resolved for <paramref name="device"/> (see <see cref="DeviceResolver.ResolveEncoderDtype"/>).</param>
     /// <param name="label">Task and outputs.</param>
     /// <param name="settings">Adapter shape.</param>
     /// <param name="seed">Seed of the head and adapter initialisation.</param>
-    public static LoraTextModel Create(PretrainedModel source, Device device, LabelInfo label, AdapterSettings settings, long seed)
+    public static LoraTextModel Create(PretrainedModel source, Device device, LoraPrecision precision, LabelInfo label, AdapterSettings settings, long seed)
     {
+        var encoderDtype = DeviceResolver.ResolveEncoderDtype(precision, device);
         var loaded = source.Load(device);
         try
         {
+            if (encoderDtype != ScalarType.Float32)
+            {
+                // Before injection: LoRA factors created on a half-precision base are float32 (LoraArguments.FactorDtype),
+                // and the head, created below, is float32.
+                loaded.Model.to(encoderDtype);
+            }
+
             torch.random.manual_seed(seed);
             var model = new BertForSequenceClassification(loaded.Model, label.OutputCount, settings.Pooling);
             var config = new LoraConfig
@@ -70,6 +87,12 @@ internal sealed class LoraTextModel : IDisposable
 
                 // With mean pooling the pooler (present in some exports) is unused: an adapter there would never train.
                 exclude_modules = settings.Pooling == PoolingMode.Mean ? ["pooler.dense"] : null,
+
+                // Merged (eval) only for float32 on the CPU. Merging ΔW into bfloat16 weights rounds it to the weight's 8
+                // significant bits (ΔW is small next to W, so most of it is lost) and unmerging does not restore the base.
+                // On a GPU a merged layer compares its factors with the merged ones at every forward (torch.equal: a
+                // device read per layer per batch), which costs more than the branch's two small matrix products.
+                merge_weights = encoderDtype == ScalarType.Float32 && device.type != DeviceType.CUDA,
             };
             var adapted = lora.inject_adapter_in_model(config, model);
             if (adapted.Count == 0)
@@ -90,7 +113,7 @@ internal sealed class LoraTextModel : IDisposable
             }
 
             model.to(device);
-            return new LoraTextModel(loaded, model, device, label, settings, adapted);
+            return new LoraTextModel(loaded, model, device, precision, encoderDtype, label, settings, adapted);
         }
         catch
         {

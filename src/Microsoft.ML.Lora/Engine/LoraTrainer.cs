@@ -41,6 +41,9 @@ internal sealed class LoraTrainer
     /// <summary>Mean training loss of each epoch.</summary>
     public List<double> EpochLosses { get; } = [];
 
+    /// <summary>The dtypes of the AdamW state tensors (exp_avg, exp_avg_sq) after training.</summary>
+    public IReadOnlySet<ScalarType> OptimizerStateDtypes { get; private set; } = new HashSet<ScalarType>();
+
     /// <summary>Trains; returns the adapter state to keep (the best epoch's when validating), or null to keep the model as it is.</summary>
     public SortedDictionary<string, Tensor>? Train(long rowCount)
     {
@@ -53,13 +56,18 @@ internal sealed class LoraTrainer
         using var optimizer = torch.optim.AdamW(parameters, options.LearningRate, weight_decay: options.WeightDecay);
         var stopwatch = Stopwatch.StartNew();
         long rowsSeen = 0;
-        double intervalLoss = 0;
+
+        // Loss sums stay on the device: reading a loss (item) waits for the device to finish, so the host reads them only
+        // at the progress interval and at the end of an epoch, not every batch. float64, as the host sums were.
+        using var intervalLoss = torch.zeros(1, ScalarType.Float64, model.Device);
+        using var epochLoss = torch.zeros(1, ScalarType.Float64, model.Device);
         long intervalRows = 0;
+        long intervalFirstStep = 1;
         double bestValidation = double.PositiveInfinity;
         SortedDictionary<string, Tensor>? best = null;
         int epochsWithoutImprovement = 0;
         MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
-            $"LoRA fine-tuning: {rowCount} rows, {options.MaxEpochs} epochs, {totalSteps} optimizer steps ({warmupSteps} warm-up), batch {options.BatchSize} x {options.GradientAccumulationSteps}, device {model.Device}, trainable parameters {model.TrainableParameterCount} of {model.TotalParameterCount}, adapted modules {model.AdaptedModules.Count}."));
+            $"LoRA fine-tuning: {rowCount} rows, {options.MaxEpochs} epochs, {totalSteps} optimizer steps ({warmupSteps} warm-up), batch {options.BatchSize} x {options.GradientAccumulationSteps}, device {model.Device}, encoder {model.EncoderDtype} (LoRA, head and optimizer state Float32), trainable parameters {model.TrainableParameterCount} of {model.TotalParameterCount}, adapted modules {model.AdaptedModules.Count}."));
 
         for (int epoch = 1; epoch <= options.MaxEpochs; epoch++)
         {
@@ -72,7 +80,7 @@ internal sealed class LoraTrainer
                 rows = ShuffleBuffer.Shuffle(rows, options.ShuffleBufferSize, new Random(unchecked((seed * 1_000_003) + epoch)));
             }
 
-            double epochLoss = 0;
+            epochLoss.zero_();
             long epochRows = 0;
             int pending = 0;
             double learningRate = options.LearningRate;
@@ -80,17 +88,8 @@ internal sealed class LoraTrainer
             foreach (var batch in rows.Chunk(options.BatchSize))
             {
                 CheckCanceled();
-                double loss = ForwardBackward(batch);
-                if (!double.IsFinite(loss))
-                {
-                    throw new InvalidOperationException(string.Create(CultureInfo.InvariantCulture,
-                        $"LoRA fine-tuning diverged: the training loss is {loss} at epoch {epoch}, optimizer step {Steps + 1} (learning rate {learningRate:G3}). " +
-                        $"Lower {nameof(LoraFineTuningOptions.LearningRate)}, keep {nameof(LoraFineTuningOptions.ClipNorm)} on, or check label column '{options.LabelColumnName}' for extreme values."));
-                }
-
-                epochLoss += loss * batch.Length;
+                ForwardBackward(batch, intervalLoss, epochLoss);
                 epochRows += batch.Length;
-                intervalLoss += loss * batch.Length;
                 intervalRows += batch.Length;
                 rowsSeen += batch.Length;
                 if (++pending < options.GradientAccumulationSteps)
@@ -102,9 +101,11 @@ internal sealed class LoraTrainer
                 pending = 0;
                 if (Steps % options.ProgressInterval == 0)
                 {
-                    Report(epoch, totalSteps, intervalLoss / intervalRows, learningRate, rowsSeen, stopwatch.Elapsed, null);
-                    intervalLoss = 0;
+                    double loss = ReadLoss(intervalLoss, intervalRows, epoch, intervalFirstStep, learningRate);
+                    Report(epoch, totalSteps, loss, learningRate, rowsSeen, stopwatch.Elapsed, null);
+                    intervalLoss.zero_();
                     intervalRows = 0;
+                    intervalFirstStep = Steps + 1;
                 }
             }
 
@@ -113,11 +114,13 @@ internal sealed class LoraTrainer
                 learningRate = Step(optimizer, parameters, totalSteps, warmupSteps);
             }
 
-            EpochLosses.Add(epochRows > 0 ? epochLoss / epochRows : double.NaN);
+            double lastIntervalLoss = intervalRows > 0 ? ReadLoss(intervalLoss, intervalRows, epoch, intervalFirstStep, learningRate) : double.NaN;
+            EpochLosses.Add(epochRows > 0 ? ReadLoss(epochLoss, epochRows, epoch, intervalFirstStep, learningRate) : double.NaN);
             double? validationLoss = validation is null ? null : Validate();
-            Report(epoch, totalSteps, intervalRows > 0 ? intervalLoss / intervalRows : EpochLosses[^1], learningRate, rowsSeen, stopwatch.Elapsed, validationLoss);
-            intervalLoss = 0;
+            Report(epoch, totalSteps, intervalRows > 0 ? lastIntervalLoss : EpochLosses[^1], learningRate, rowsSeen, stopwatch.Elapsed, validationLoss);
+            intervalLoss.zero_();
             intervalRows = 0;
+            intervalFirstStep = Steps + 1;
             MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
                 $"Epoch {epoch}/{options.MaxEpochs}: training loss {EpochLosses[^1]:F4}{(validationLoss is null ? string.Empty : $", validation loss {validationLoss:F4}")}, {stopwatch.Elapsed.TotalSeconds:F1} s."));
 
@@ -139,7 +142,24 @@ internal sealed class LoraTrainer
             }
         }
 
+        OptimizerStateDtypes = optimizer.state_dict().State.OfType<TorchSharp.Modules.AdamW.State>()
+            .SelectMany(state => new[] { state.exp_avg, state.exp_avg_sq }).Where(t => t is not null).Select(t => t.dtype).ToHashSet();
         return best;
+    }
+
+    /// <summary>Mean loss from a device-side sum (one device-to-host read); throws if training diverged since step <paramref name="firstStep"/>.</summary>
+    private double ReadLoss(Tensor sum, long rows, int epoch, long firstStep, double learningRate)
+    {
+        double loss = sum.item<double>() / rows;
+        if (!double.IsFinite(loss))
+        {
+            string steps = firstStep >= Steps ? $"optimizer step {Math.Max(firstStep, Steps)}" : $"optimizer steps {firstStep}-{Steps}";
+            throw new InvalidOperationException(string.Create(CultureInfo.InvariantCulture,
+                $"LoRA fine-tuning diverged: the training loss is {loss} at epoch {epoch}, {steps} (learning rate {learningRate:G3}). " +
+                $"Lower {nameof(LoraFineTuningOptions.LearningRate)}, keep {nameof(LoraFineTuningOptions.ClipNorm)} on, or check label column '{options.LabelColumnName}' for extreme values."));
+        }
+
+        return loss;
     }
 
     private void CheckCanceled()
@@ -148,7 +168,8 @@ internal sealed class LoraTrainer
         options.CancellationToken.ThrowIfCancellationRequested();
     }
 
-    private double ForwardBackward(TrainingRow[] batch)
+    /// <summary>Forward and backward of one batch; adds loss × rows to each of <paramref name="sums"/> on the device (no host read).</summary>
+    private void ForwardBackward(TrainingRow[] batch, params Tensor[] sums)
     {
         using var scope = torch.NewDisposeScope();
         var texts = batch.Select(r => r.Text).ToArray();
@@ -156,7 +177,11 @@ internal sealed class LoraTrainer
         var output = model.Forward(texts, pairs);
         var loss = Loss(output, batch);
         (loss / options.GradientAccumulationSteps).backward();
-        return loss.item<float>();
+        var weighted = loss.detach().to(ScalarType.Float64) * batch.Length;
+        foreach (var sum in sums)
+        {
+            sum.add_(weighted);
+        }
     }
 
     private Tensor Loss(Tensor output, TrainingRow[] batch)
@@ -165,20 +190,20 @@ internal sealed class LoraTrainer
         {
             case LoraTaskKind.MulticlassClassification:
             {
-                var targets = torch.tensor(batch.Select(r => (long)r.Class).ToArray(), ScalarType.Int64, model.Device);
+                var targets = HostTransfer.ToDevice(torch.tensor(batch.Select(r => (long)r.Class).ToArray(), ScalarType.Int64), model.Device);
                 return torch.nn.functional.cross_entropy(output, targets);
             }
 
             case LoraTaskKind.BinaryClassification:
             {
-                var targets = torch.tensor(batch.Select(r => (float)r.Class).ToArray(), ScalarType.Float32, model.Device);
+                var targets = HostTransfer.ToDevice(torch.tensor(batch.Select(r => (float)r.Class).ToArray(), ScalarType.Float32), model.Device);
                 return torch.nn.functional.binary_cross_entropy_with_logits(output.squeeze(1), targets);
             }
 
             default:
             {
                 var settings = model.Settings;
-                var targets = torch.tensor(batch.Select(r => (r.Value - settings.LabelMean) / settings.LabelScale).ToArray(), ScalarType.Float32, model.Device);
+                var targets = HostTransfer.ToDevice(torch.tensor(batch.Select(r => (r.Value - settings.LabelMean) / settings.LabelScale).ToArray(), ScalarType.Float32), model.Device);
                 return torch.nn.functional.mse_loss(output.squeeze(1), targets);
             }
         }
@@ -195,12 +220,35 @@ internal sealed class LoraTrainer
 
         if (options.ClipNorm > 0)
         {
-            torch.nn.utils.clip_grad_norm_(parameters, options.ClipNorm);
+            ClipGradientNorm(parameters, options.ClipNorm);
         }
 
         optimizer.step();
         optimizer.zero_grad();
         return lr;
+    }
+
+    /// <summary>
+    /// Scales the gradients so that their global L2 norm is at most <paramref name="maxNorm"/>, as
+    /// <c>torch.nn.utils.clip_grad_norm_</c> (coefficient maxNorm / (norm + 1e-6), at most 1), but on the device: TorchSharp's
+    /// clip_grad_norm_ returns the norm as a double, a device-to-host read every optimizer step.
+    /// </summary>
+    internal static void ClipGradientNorm(IReadOnlyList<TorchSharp.Modules.Parameter> parameters, double maxNorm)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var grads = parameters.Select(p => p.grad).Where(g => g is not null).Select(g => g!).ToList();
+        if (grads.Count == 0)
+        {
+            return;
+        }
+
+        var norms = torch.stack(grads.Select(g => torch.linalg.vector_norm(g).to(ScalarType.Float32)));
+        var coefficient = (maxNorm / (torch.linalg.vector_norm(norms) + 1e-6)).clamp_max(1.0);
+        foreach (var grad in grads)
+        {
+            grad.mul_(coefficient.to(grad.dtype));
+        }
     }
 
     /// <summary>Linear warm-up to the peak over <paramref name="warmupSteps"/> steps, then linear decay to 0 after the last step (1-based steps).</summary>
@@ -218,7 +266,7 @@ internal sealed class LoraTrainer
     {
         UsedEvalMode = true;
         model.Model.eval();
-        double sum = 0;
+        using var sum = torch.zeros(1, ScalarType.Float64, model.Device);
         long count = 0;
         foreach (var batch in validation!.Rows().Chunk(options.InferenceBatchSize))
         {
@@ -227,12 +275,12 @@ internal sealed class LoraTrainer
             using var noGrad = torch.no_grad();
             var texts = batch.Select(r => r.Text).ToArray();
             var pairs = options.TextPairColumnName is null ? null : batch.Select(r => r.Pair ?? string.Empty).ToArray();
-            sum += Loss(model.Forward(texts, pairs), batch).item<float>() * batch.Length;
+            sum.add_(Loss(model.Forward(texts, pairs), batch).to(ScalarType.Float64) * batch.Length);
             count += batch.Length;
         }
 
         model.Model.train();
-        return count > 0 ? sum / count : double.NaN;
+        return count > 0 ? sum.item<double>() / count : double.NaN;
     }
 
     private void Report(int epoch, long totalSteps, double loss, double learningRate, long rowsSeen, TimeSpan elapsed, double? validationLoss)

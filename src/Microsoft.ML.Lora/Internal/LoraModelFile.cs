@@ -18,7 +18,7 @@ namespace Microsoft.ML.Lora.Internal;
 /// Saves and loads <see cref="LoraTransformer"/> in ML.NET model files (through ML.NET's internal model-file API).
 /// The transformer's zip entry holds, via <c>ctx.Writer</c>: a payload version, the task and label key values, the
 /// column names, the adapter settings, the tokenizer settings and the base-model reference (descriptor JSON and weights
-/// SHA-256); and a binary stream <see cref="TensorStreamName"/> with the LoRA and head tensors only.
+/// SHA-256), then (version 2) the requested precision; and a binary stream <see cref="TensorStreamName"/> with the LoRA and head tensors only.
 /// </summary>
 internal static class LoraModelFile
 {
@@ -33,13 +33,16 @@ internal static class LoraModelFile
 
     private const string ModelSignature = "LORATEXT";
 
-    // 0x00010001: first format (this version).
-    private const uint VersionCurrent = 0x00010001;
+    // 0x00010001: first format.
+    // 0x00010002: adds the requested precision (LoraPrecision, int32) after the base-model reference. Version 1 files
+    //             were trained in float32, the only precision then, and load as LoraPrecision.Float32.
+    private const uint VersionWithPrecision = 0x00010002;
+    private const uint VersionCurrent = VersionWithPrecision;
 
     private static VersionInfo GetVersionInfo() => new(
         ModelSignature,
         verWrittenCur: VersionCurrent,
-        verReadableCur: VersionCurrent,
+        verReadableCur: VersionWithPrecision,
         verWeCanReadBack: 0x00010001,
         loaderAssemblyName: typeof(LoraModelFile).Assembly.FullName,
         loaderSignature: LoaderSignature);
@@ -90,6 +93,7 @@ internal static class LoraModelFile
         w.Write(model.Tokenizer.StripAccents);
         w.Write(model.BaseDescriptor.ToJson());
         w.Write(model.BaseWeightsSha256);
+        w.Write((int)model.Precision);
 
         var state = model.AdapterState();
         try
@@ -144,6 +148,15 @@ internal static class LoraModelFile
         bool stripAccents = r.ReadBoolean();
         var recorded = PretrainedModel.FromJson(r.ReadString());
         string sha = r.ReadString();
+        var precision = ctx.Header.ModelVerWritten >= VersionWithPrecision ? (LoraPrecision)r.ReadInt32() : LoraPrecision.Float32;
+        if (!Enum.IsDefined(precision))
+        {
+            throw new InvalidDataException($"Unknown precision {(int)precision} in this LoRA model file.");
+        }
+
+        // Only float32 tensors are stored. A model trained in bfloat16 loads in bfloat16 only on a CUDA device (Auto);
+        // on the CPU it is a float32 model. One trained in float32 stays float32 everywhere.
+        var loadPrecision = precision == LoraPrecision.Float32 ? LoraPrecision.Float32 : LoraPrecision.Auto;
 
         SortedDictionary<string, Tensor>? state = null;
         if (!ctx.TryLoadBinaryStream(TensorStreamName, reader => state = TensorFile.Read(reader)) || state is null)
@@ -158,7 +171,7 @@ internal static class LoraModelFile
             LoraTextModel model;
             try
             {
-                model = LoraTextModel.Create(baseModel, device, label, settings, seed: 0);
+                model = LoraTextModel.Create(baseModel, device, loadPrecision, label, settings, seed: 0);
             }
             catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or ArgumentException)
             {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PEFT side of the GPU check: the same training step as build/gpu-check's bench, in PyTorch + PEFT.
+"""PEFT side of the GPU check: the same training step as scripts/gpu-check's bench, in PyTorch + PEFT.
 
 A MiniLM-L6-v2-shaped BertModel (vocab 30522, hidden 384, 6 layers, 12 heads, intermediate 1536) built from its
 config with random weights (no downloads), mean pooling over the last hidden state, a Linear(384, 2) head, cross

@@ -150,6 +150,16 @@ internal static class Program
                      .Where(t => t.GetCustomAttribute<TestClassAttribute>() is not null).OrderBy(t => t.FullName, StringComparer.Ordinal))
         {
             var condition = type.GetCustomAttributes<ConditionBaseAttribute>(inherit: false).FirstOrDefault(c => !c.IsConditionMet);
+
+            // [ClassInitialize] (its TestContext argument gets null: the linked tests do not use it) and [ClassCleanup],
+            // [TestInitialize] and [TestCleanup], as MSTest runs them.
+            string? classError = null;
+            if (condition is null)
+            {
+                classError = Invoke(type.GetMethods(BindingFlags.Public | BindingFlags.Static).Where(m => m.GetCustomAttribute<ClassInitializeAttribute>() is not null),
+                    null, m => m.GetParameters().Length == 1 ? [null] : []);
+            }
+
             foreach (var method in type.GetMethods().Where(m => m.GetCustomAttribute<TestMethodAttribute>() is not null))
             {
                 var rows = method.GetCustomAttributes<DataRowAttribute>().Select(r => r.Data).ToList();
@@ -170,18 +180,26 @@ internal static class Program
                         message = condition.IgnoreMessage;
                         skipped++;
                     }
+                    else if (classError is not null)
+                    {
+                        outcome = "failed";
+                        message = "[ClassInitialize] failed: " + classError;
+                        failed++;
+                    }
                     else
                     {
-                        try
+                        var instance = Activator.CreateInstance(type);
+                        message = Invoke(type.GetMethods().Where(m => m.GetCustomAttribute<TestInitializeAttribute>() is not null), instance, _ => [])
+                            ?? Invoke([method], instance, _ => row)
+                            ?? Invoke(type.GetMethods().Where(m => m.GetCustomAttribute<TestCleanupAttribute>() is not null), instance, _ => []);
+                        (instance as IDisposable)?.Dispose();
+                        outcome = message is null ? "passed" : "failed";
+                        if (message is null)
                         {
-                            method.Invoke(Activator.CreateInstance(type), row);
-                            outcome = "passed";
                             passed++;
                         }
-                        catch (TargetInvocationException e) when (e.InnerException is not null)
+                        else
                         {
-                            outcome = "failed";
-                            message = e.InnerException.GetType().Name + ": " + e.InnerException.Message;
                             failed++;
                         }
                     }
@@ -190,12 +208,41 @@ internal static class Program
                     results.Add(new() { ["test"] = name, ["outcome"] = outcome, ["ms"] = watch.ElapsedMilliseconds, ["message"] = message });
                 }
             }
+
+            if (condition is null && classError is null)
+            {
+                string? cleanupError = Invoke(type.GetMethods(BindingFlags.Public | BindingFlags.Static).Where(m => m.GetCustomAttribute<ClassCleanupAttribute>() is not null), null, _ => []);
+                if (cleanupError is not null)
+                {
+                    Console.WriteLine($"  FAILED  {type.Name} [ClassCleanup]\n          {cleanupError}");
+                    results.Add(new() { ["test"] = type.Name + ".[ClassCleanup]", ["outcome"] = "failed", ["ms"] = 0L, ["message"] = cleanupError });
+                    failed++;
+                }
+            }
         }
 
         Console.WriteLine($"tests: {passed} passed, {failed} failed, {skipped} skipped" + (cuda ? "" : " (no CUDA)"));
         Report["tests"] = results;
         Report["tests_summary"] = new { passed, failed, skipped };
         return failed;
+    }
+
+    /// <summary>Invokes each method in order; the first failure as "Type: message", or null when all returned.</summary>
+    private static string? Invoke(IEnumerable<MethodInfo> methods, object? instance, Func<MethodInfo, object?[]> arguments)
+    {
+        foreach (var method in methods)
+        {
+            try
+            {
+                method.Invoke(instance, arguments(method));
+            }
+            catch (TargetInvocationException e) when (e.InnerException is not null)
+            {
+                return e.InnerException.GetType().Name + ": " + e.InnerException.Message;
+            }
+        }
+
+        return null;
     }
 
     /// <summary>

@@ -2,14 +2,14 @@
 # GPU check for a Linux CUDA machine without the .NET SDK, without internet and without the TorchSharp CUDA package,
 # but with a PyTorch install (its torch/lib holds libtorch with CUDA).
 #
-#   build/gpu-check.sh bundle [--out FILE]
-#       On a machine with the .NET SDK: publishes build/gpu-check (the CUDA tests, linked from the test projects, with a
+#   scripts/gpu-check.sh bundle [--out FILE]
+#       On a machine with the .NET SDK: publishes scripts/gpu-check (the CUDA tests, linked from the test projects, with a
 #       small runner, plus a LoRA vs full fine-tuning step timing) self-contained for linux-x64, WITHOUT libtorch
 #       (no TorchSharp-cpu/-cuda runtime package: only TorchSharp.dll and libLibTorchSharp.so), adds this script and
-#       build/gpu-check/peft_step.py, and writes one compressed tarball
-#       (default build/gpu-check/bin/gpu-check-linux-x64.tar.gz, ignored by git; must stay under 64 MiB).
+#       scripts/gpu-check/peft_step.py, and writes one compressed tarball
+#       (default scripts/gpu-check/bin/gpu-check-linux-x64.tar.gz, ignored by git; must stay under 64 MiB).
 #
-#   build/gpu-check.sh run [--bundle FILE] [--torch-lib DIR] [--out DIR] [--steps N] [--batch B] [--seq T] [--no-peft]
+#   scripts/gpu-check.sh run [--bundle FILE] [--torch-lib DIR] [--out DIR] [--steps N] [--batch B] [--seq T] [--no-peft]
 #       On the GPU machine: unpacks the bundle, finds torch/lib (python3 -c 'import torch'), or uses --torch-lib DIR
 #       (any directory holding libtorch*.so / libc10*.so, e.g. the CPU libtorch of the NuGet cache for a dry run),
 #       checks libLibTorchSharp.so's undefined symbols against that libtorch (ldd -r, nm -D: TorchSharp 0.107 is built
@@ -19,11 +19,11 @@
 #       Exit code: the checker's (0 all passed, 1 a failure, 2 CUDA not available, 3 libtorch did not load).
 #
 #   With the session's device tool (the repository is copied to the GPU machine; the bundle is git-ignored, so carry it):
-#       run(command="build/gpu-check.sh run --bundle build/gpu-check/bin/gpu-check-linux-x64.tar.gz --out $OUT",
-#           carry=["build/gpu-check/bin/gpu-check-linux-x64.tar.gz"], timeout_s=300)
+#       run(command="scripts/gpu-check.sh run --bundle scripts/gpu-check/bin/gpu-check-linux-x64.tar.gz --out $OUT",
+#           carry=["scripts/gpu-check/bin/gpu-check-linux-x64.tar.gz"], timeout_s=300)
 #
 #   Dry run without a GPU (proves the loading path; CUDA tests report skipped, exit code 2):
-#       build/gpu-check.sh run --torch-lib ~/.nuget/packages/libtorch-cpu-linux-x64/2.10.0/runtimes/linux-x64/native --out /tmp/gc
+#       scripts/gpu-check.sh run --torch-lib ~/.nuget/packages/libtorch-cpu-linux-x64/2.10.0/runtimes/linux-x64/native --out /tmp/gc
 #
 #   Environment: LORA_CUDA_TESTS_ON_CPU=1 makes the CPU stand in for the GPU in the tests (a dry run of their code).
 set -euo pipefail
@@ -44,8 +44,8 @@ bundle() {
   done
   stage="$(mktemp -d)"
   trap 'rm -rf "$stage"' RETURN
-  echo "== publish build/gpu-check (self-contained linux-x64, no libtorch)"
-  dotnet publish "$repo/build/gpu-check/GpuCheck.csproj" -c Release -r linux-x64 --self-contained true \
+  echo "== publish scripts/gpu-check (self-contained linux-x64, no libtorch)"
+  dotnet publish "$repo/scripts/gpu-check/GpuCheck.csproj" -c Release -r linux-x64 --self-contained true \
     -p:DebugType=none -p:GenerateDocumentationFile=false -p:SatelliteResourceLanguages=en \
     -o "$stage/gpu-check/app" -nologo -v:q
   # Guard: no libtorch may be in the bundle (it comes from the GPU machine's PyTorch).
@@ -54,9 +54,9 @@ bundle() {
   fi
   # XML docs and a Windows-only ONNX Runtime DLL that a transitive package copies: not needed on Linux.
   rm -f "$stage"/gpu-check/app/*.xml "$stage"/gpu-check/app/onnxruntime.dll
-  mkdir -p "$stage/gpu-check/build/gpu-check"
-  cp "$here/gpu-check.sh" "$stage/gpu-check/build/"
-  cp "$here/gpu-check/peft_step.py" "$stage/gpu-check/build/gpu-check/"
+  mkdir -p "$stage/gpu-check/scripts/gpu-check"
+  cp "$here/gpu-check.sh" "$stage/gpu-check/scripts/"
+  cp "$here/gpu-check/peft_step.py" "$stage/gpu-check/scripts/gpu-check/"
   git -C "$repo" rev-parse HEAD > "$stage/gpu-check/COMMIT" 2>/dev/null || echo unknown > "$stage/gpu-check/COMMIT"
   mkdir -p "$(dirname "$out")"
   tar -C "$stage" -cf - gpu-check | gzip -9 > "$out.tmp"
@@ -87,7 +87,7 @@ run() {
     root="$(cd "$here/.." && pwd)"
   else
     [ -n "$bundle_file" ] || bundle_file="$here/gpu-check/bin/gpu-check-linux-x64.tar.gz"
-    [ -f "$bundle_file" ] || die "run: no bundle at $bundle_file (make it with: build/gpu-check.sh bundle)"
+    [ -f "$bundle_file" ] || die "run: no bundle at $bundle_file (make it with: scripts/gpu-check.sh bundle)"
     local unpack; unpack="$(mktemp -d)"
     tar -C "$unpack" -xzf "$bundle_file"
     root="$unpack/gpu-check"
@@ -116,7 +116,7 @@ run() {
   if [ "$peft" = 1 ]; then
     echo "== PEFT side by side"
     if python3 -c 'import torch, transformers, peft' 2>/dev/null; then
-      python3 "$root/build/gpu-check/peft_step.py" --out "$out/peft_step.json" ${app_args[@]+"${app_args[@]}"} || echo "peft_step.py failed (exit $?)"
+      python3 "$root/scripts/gpu-check/peft_step.py" --out "$out/peft_step.json" ${app_args[@]+"${app_args[@]}"} || echo "peft_step.py failed (exit $?)"
     else
       echo "skipped: python3 cannot import torch, transformers and peft"
     fi
