@@ -3,8 +3,10 @@
 //
 //   dotnet run --project samples/SentimentLora -c Release
 //   dotnet run --project samples/SentimentLora -c Release -- --epochs 3 --targets query,value --learning-rate 2e-3 --no-probe
+//   dotnet run --project samples/SentimentLora -c Release -- --no-validation   # fit on all 80 %, no best-epoch selection
 //
-// Prints accuracy, F1, training time, rows/s, trainable parameters and model size; saves, reloads and predicts.
+// Prints accuracy, F1, training time, rows/s, trainable parameters and model size; draws the training curve (loss,
+// validation loss and accuracy per epoch); saves, reloads and predicts.
 using System.Diagnostics;
 using System.Globalization;
 using Microsoft.ML;
@@ -22,15 +24,13 @@ var ml = new MLContext(seed: 42);
 
 var data = ml.Data.LoadFromTextFile<SentimentRow>(dataPath, separatorChar: '\t', hasHeader: true, allowQuoting: false);
 var split = ml.Data.TrainTestSplit(data, testFraction: 0.2, seed: 42);
-long trainRows = split.TrainSet.GetColumn<string>("Label").LongCount();
 long testRows = split.TestSet.GetColumn<string>("Label").LongCount();
-AnsiConsole.MarkupLine($"[bold]SentimentLora[/]: {trainRows} training and {testRows} test sentences (seeded 80/20 split), torch threads {torch.get_num_threads()}.");
 
 // Optional overrides of the defaults, to try other settings.
 // Defaults (rank 8, alpha 16 on query/value, learning rate 2e-3, 4 epochs, batch 32), except that single sentences
 // need no more than 64 tokens.
 var options = new LoraFineTuningOptions { LabelColumnName = "Label", TextColumnName = "Text", MaxSequenceLength = 64 };
-bool probe = true;
+bool probe = true, validate = true;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -41,11 +41,31 @@ for (int i = 0; i < args.Length; i++)
         case "--rank": options.Rank = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
         case "--max-length": options.MaxSequenceLength = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
         case "--no-probe": probe = false; break;
-        default: Console.Error.WriteLine($"Unknown argument '{args[i]}'. Options: --epochs N --targets a,b --learning-rate X --rank R --max-length T --no-probe"); return 2;
+        case "--no-validation": validate = false; break;
+        default: Console.Error.WriteLine($"Unknown argument '{args[i]}'. Options: --epochs N --targets a,b --learning-rate X --rank R --max-length T --no-probe --no-validation"); return 2;
     }
 }
 
-// 1. Linear probe baseline: logistic regression on frozen, mean-pooled, normalised MiniLM embeddings.
+// Validation: a seeded 10 % of the training sentences is held out (the test set stays untouched for the final numbers).
+// After each epoch fine-tuning measures loss and accuracy on it, keeps the adapter of the epoch with the lowest
+// validation loss, and stops early after EarlyStoppingPatience (2) epochs without improvement.
+IDataView fitSet = split.TrainSet;
+long validationRows = 0;
+if (validate)
+{
+    var holdout = ml.Data.TrainTestSplit(split.TrainSet, testFraction: 0.1, seed: 7);
+    fitSet = holdout.TrainSet;
+    validationRows = holdout.TestSet.GetColumn<string>("Label").LongCount();
+
+    // The pipeline maps the label to a key before LoraFineTune, so the validation rows need the same key mapping.
+    options.ValidationSet = ml.Transforms.Conversion.MapValueToKey("Label").Fit(fitSet).Transform(holdout.TestSet);
+}
+
+long trainRows = fitSet.GetColumn<string>("Label").LongCount();
+AnsiConsole.MarkupLine($"[bold]SentimentLora[/]: {trainRows} training, {validationRows} validation and {testRows} test sentences (seeded 80/20 split{(validate ? ", 10 % of the 80 % held out for validation" : string.Empty)}), torch threads {torch.get_num_threads()}.");
+
+// 1. Linear probe baseline: logistic regression on frozen, mean-pooled, normalised MiniLM embeddings, fitted on the
+// whole 80 % (it has no use for a validation set; LoRA uses the same sentences, 90 % to fit and 10 % to choose the epoch).
 var probeWatch = Stopwatch.StartNew();
 var (probeAccuracy, probeAuc) = probe ? LinearProbe.Run(ml, split) : (double.NaN, double.NaN);
 AnsiConsole.MarkupLine($"Linear probe (frozen MiniLM + LbfgsLogisticRegression): accuracy [bold]{probeAccuracy:F4}[/], AUC {probeAuc:F4} ({probeWatch.Elapsed.TotalSeconds:F0} s).");
@@ -68,7 +88,7 @@ if (AnsiConsole.Profile.Capabilities.Interactive)
                 task.Value = p.Step;
                 task.Description = $"epoch {p.Epoch}/{p.MaxEpochs} loss {p.Loss:F3} lr {p.LearningRate:G2} {p.RowsPerSecond:F0} rows/s";
             });
-            model = Pipeline(ml, options).Fit(split.TrainSet);
+            model = Pipeline(ml, options).Fit(fitSet);
         });
 }
 else
@@ -81,13 +101,24 @@ else
             Console.WriteLine($"  epoch {p.Epoch}/{p.MaxEpochs} step {p.Step}/{p.TotalSteps} loss {p.Loss:F4} lr {p.LearningRate:G3} {p.RowsPerSecond:F1} rows/s ETA {p.EstimatedRemaining:mm\\:ss}");
         }
     });
-    model = Pipeline(ml, options).Fit(split.TrainSet);
+    model = Pipeline(ml, options).Fit(fitSet);
 }
 
 var trainingTime = watch.Elapsed;
-string chartPath = Path.Combine(Path.GetTempPath(), "SentimentLora.training-loss.png");
-curve.Save(chartPath);
-AnsiConsole.MarkupLine($"Training loss per epoch: {string.Join(", ", curve.EpochLosses().Select(e => $"{e.Epoch}: {e.Loss:F4}"))} (chart: {chartPath})");
+var epochs = curve.Epochs();
+foreach (var e in epochs)
+{
+    string validation = e.ValidationLoss is null ? string.Empty : $", validation loss {e.ValidationLoss:F4}, validation accuracy {e.ValidationAccuracy:F4}";
+    AnsiConsole.MarkupLine($"  epoch {e.Epoch}: training loss {e.TrainingLoss:F4}{validation}");
+}
+
+int? keptEpoch = curve.KeptEpoch();
+if (keptEpoch is not null)
+{
+    string stopped = epochs.Count < options.MaxEpochs ? $"; stopped early after epoch {epochs.Count}" : string.Empty;
+    AnsiConsole.MarkupLine($"Kept the adapter of epoch {keptEpoch} (lowest validation loss){stopped}.");
+}
+
 var lora = ((IEnumerable<ITransformer>)model).OfType<LoraTransformer>().Single();
 
 // 3. Evaluate on the held-out 20 %.
@@ -99,19 +130,28 @@ double evalSeconds = evalWatch.Elapsed.TotalSeconds;
 var predicted = scored.GetColumn<string>("PredictedLabel").ToArray();
 var actual = split.TestSet.GetColumn<string>("Label").ToArray();
 double f1 = F1(actual, predicted, positive: "1");
+string chartPath = Path.Combine(Path.GetTempPath(), "SentimentLora.training-curve.png");
+curve.Save(chartPath, $"SentimentLora: LoRA r={options.Rank} ({string.Join(", ", options.TargetModules)}) on MiniLM", metrics.MicroAccuracy);
+AnsiConsole.MarkupLine($"Training curve: {chartPath}");
 
 // 4. Save, reload, predict.
-ml.Model.Save(model, split.TrainSet.Schema, modelPath);
+ml.Model.Save(model, fitSet.Schema, modelPath);
 long zipBytes = new FileInfo(modelPath).Length;
 var reloaded = ml.Model.Load(modelPath, out _);
 using var engine = ml.Model.CreatePredictionEngine<SentimentRow, SentimentPrediction>(reloaded);
 
 var table = new Table().AddColumns("Metric", "Value");
 table.AddRow("LoRA accuracy (held-out 20 %)", $"{metrics.MicroAccuracy:F4}");
+if (keptEpoch is not null)
+{
+    var k = epochs.Single(e => e.Epoch == keptEpoch);
+    table.AddRow("Validation accuracy / loss (kept epoch)", $"{k.ValidationAccuracy:F4} / {k.ValidationLoss:F4} (epoch {keptEpoch} of {epochs.Count} run)");
+}
+
 table.AddRow("LoRA F1 (positive class)", $"{f1:F4}");
 table.AddRow("Linear probe accuracy / AUC", $"{probeAccuracy:F4} / {probeAuc:F4}");
-table.AddRow("Training time", $"{trainingTime.TotalSeconds:F1} s ({options.MaxEpochs} epochs)");
-table.AddRow("Training throughput", $"{trainRows * options.MaxEpochs / trainingTime.TotalSeconds:F1} rows/s");
+table.AddRow("Training time", $"{trainingTime.TotalSeconds:F1} s ({epochs.Count} epochs{(validate ? ", validation passes included" : string.Empty)})");
+table.AddRow("Training throughput", $"{trainRows * epochs.Count / trainingTime.TotalSeconds:F1} rows/s");
 table.AddRow("Inference throughput", $"{testRows / evalSeconds:F1} rows/s");
 table.AddRow("Trainable parameters", $"{lora.TrainableParameterCount:N0} of {lora.TotalParameterCount:N0} ({100.0 * lora.TrainableParameterCount / lora.TotalParameterCount:F2} %)");
 table.AddRow("Adapted modules", $"{lora.AdaptedModules.Count} ({string.Join(", ", options.TargetModules)}), r={options.Rank}, alpha={options.Alpha}");

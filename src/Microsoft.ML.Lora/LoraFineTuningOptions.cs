@@ -120,8 +120,9 @@ public sealed class LoraFineTuningOptions
     public int ShuffleBufferSize = 8192;
 
     /// <summary>
-    /// Optional validation data with the same columns. When set, the validation loss is computed after each epoch, the
-    /// adapter of the best epoch is kept, and training stops after <see cref="EarlyStoppingPatience"/> epochs without improvement.
+    /// Optional validation data with the same columns. When set, the validation loss (and for classification the accuracy)
+    /// is computed after each epoch and reported through <see cref="Progress"/>, the adapter of the epoch with the lowest
+    /// validation loss is kept, and training stops after <see cref="EarlyStoppingPatience"/> epochs without improvement.
     /// </summary>
     public IDataView? ValidationSet;
 

@@ -11,6 +11,11 @@ namespace Microsoft.ML.Lora;
 /// <param name="Elapsed">Time since training started.</param>
 /// <param name="EstimatedRemaining">Estimated time to finish the planned steps.</param>
 /// <param name="ValidationLoss">Validation loss of the epoch just finished, when a validation set is given and the epoch ended; otherwise null.</param>
+/// <param name="ValidationAccuracy">
+/// Fraction (0 to 1) of validation rows whose predicted class is their label, measured in the same pass as
+/// <paramref name="ValidationLoss"/> (predicted as <see cref="LoraTransformer"/> predicts: the class with the highest score; for a
+/// binary task, positive when the logit is above 0); null for regression, without a validation set, and before the epoch ended.
+/// </param>
 public sealed record LoraTrainingProgress(
     int Epoch,
     int MaxEpochs,
@@ -21,4 +26,5 @@ public sealed record LoraTrainingProgress(
     double RowsPerSecond,
     TimeSpan Elapsed,
     TimeSpan EstimatedRemaining,
-    double? ValidationLoss);
+    double? ValidationLoss,
+    double? ValidationAccuracy);

@@ -277,9 +277,17 @@ public sealed class LoraFineTuningTests
         options.Progress = new SynchronousProgress<LoraTrainingProgress>(reports.Add);
         using var model = ml.Transforms.LoraFineTune(options).Fit(train);
 
-        // One report per epoch run, each with a validation loss; early stopping may end before epoch 6.
+        // One report per epoch run, each with a validation loss and accuracy; early stopping may end before epoch 6.
         Assert.IsTrue(reports.Count is >= 2 and <= 6, $"{reports.Count} epochs");
         Assert.IsTrue(reports.All(r => r.ValidationLoss is double v && double.IsFinite(v)));
+        Assert.IsTrue(reports.All(r => r.ValidationAccuracy is >= 0 and <= 1), string.Join(", ", reports.Select(r => r.ValidationAccuracy)));
+
+        // The kept adapter is the epoch with the lowest validation loss, and its reported accuracy is what Transform
+        // gives. Up to one row: validation ran on base weights that earlier epochs merged and unmerged (float rounding,
+        // ~1e-7 relative), the kept model on a fresh base, so a logit within rounding of 0 could flip.
+        var best = reports.MinBy(r => r.ValidationLoss!.Value)!;
+        double keptAccuracy = Accuracy(model.Transform(valid));
+        Assert.AreEqual(best.ValidationAccuracy!.Value, keptAccuracy, 1.0 / 24 + 1e-12, $"epoch {best.Epoch} of {reports.Count}");
 
         // The kept adapter is rebuilt on a fresh base exactly as Load does: a save/load round trip is bitwise equal.
         string path = Path.Combine(root, "validation.zip");
@@ -289,6 +297,111 @@ public sealed class LoraFineTuningTests
         var after = loaded.Transform(valid).GetColumn<float>("Score").ToArray();
         CollectionAssert.AreEqual(before, after, new Tolerance(0f));
         (loaded as IDisposable)?.Dispose();
+    }
+
+    [TestMethod]
+    public void Fit_BinaryValidationSetOneEpoch_ValidationAccuracyAndLossAreThoseOfTransform()
+    {
+        var ml = new MLContext(seed: 11);
+        var train = ml.Data.LoadFromEnumerable(TinyBert.Sentences(48, 2, 21).Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
+        var valid = ml.Data.LoadFromEnumerable(TinyBert.Sentences(30, 2, 22).Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
+        var options = FastOptions(baseModel);
+        options.MaxEpochs = 1;
+        options.LearningRate = 3e-3;
+        options.ValidationSet = valid;
+        options.ProgressInterval = 1000;
+        var reports = new List<LoraTrainingProgress>();
+        var log = new List<string>();
+        ml.Log += (_, e) =>
+        {
+            if (e.Source.Contains("LoraFineTuning", StringComparison.Ordinal))
+            {
+                log.Add(e.Message);
+            }
+        };
+        options.Progress = new SynchronousProgress<LoraTrainingProgress>(reports.Add);
+        using var model = ml.Transforms.LoraFineTune(options).Fit(train);
+
+        var report = reports.Single();
+        Assert.IsNotNull(report.ValidationAccuracy);
+        double accuracy = report.ValidationAccuracy.Value;
+
+        // One epoch: validation merged the adapter into the pristine base once, exactly as the returned model (rebuilt
+        // on a fresh base) does, so both see bitwise the same weights and batches: same predictions, same accuracy.
+        var scored = model.Transform(valid);
+        Assert.AreEqual(Accuracy(scored), accuracy, 0.0, "exact: same weights, same batches");
+        Assert.IsTrue(accuracy is > 0 and < 1, $"accuracy {accuracy}: a value strictly between 0 and 1 shows the count is per row");
+
+        // Same pass as the loss: binary cross-entropy recomputed from Transform's scores (logits) matches the reported
+        // loss to float32 summation error.
+        var labels = valid.GetColumn<bool>("Label").ToArray();
+        var scores = scored.GetColumn<float>("Score").ToArray();
+        double bce = scores.Zip(labels, (z, y) => Math.Max(z, 0) - (y ? z : 0) + Math.Log(1 + Math.Exp(-Math.Abs(z)))).Average();
+        Assert.AreEqual(bce, report.ValidationLoss!.Value, 1e-5, "float32 loss per batch");
+        Assert.IsTrue(log.Any(m => m.Contains(string.Create(CultureInfo.InvariantCulture, $"validation accuracy {accuracy:F4}"), StringComparison.Ordinal)), string.Join(Environment.NewLine, log));
+    }
+
+    [TestMethod]
+    public void Fit_MulticlassValidationSetOneEpoch_ValidationAccuracyEqualsEvaluatedAccuracy()
+    {
+        var ml = new MLContext(seed: 12);
+        var train = ml.Data.LoadFromEnumerable(TinyBert.Sentences(150, 3, 23).Select(s => new TextRow { Text = s.Text, Label = ((char)('a' + s.Class)).ToString() }));
+        var valid = ml.Data.LoadFromEnumerable(TinyBert.Sentences(33, 3, 24).Select(s => new TextRow { Text = s.Text, Label = ((char)('a' + s.Class)).ToString() }));
+        var options = FastOptions(baseModel);
+        options.MaxEpochs = 1;
+        options.LearningRate = 1e-2;
+
+        // The validation labels must be keys of the same dictionary as the training labels: MapValueToKey fitted on
+        // the training rows (as the pipeline's own MapValueToKey is).
+        options.ValidationSet = ml.Transforms.Conversion.MapValueToKey("Label").Fit(train).Transform(valid);
+        options.ProgressInterval = 1000;
+        var reports = new List<LoraTrainingProgress>();
+        options.Progress = new SynchronousProgress<LoraTrainingProgress>(reports.Add);
+        var pipeline = MulticlassPipeline(ml, options).Fit(train);
+        try
+        {
+            var metrics = ml.MulticlassClassification.Evaluate(pipeline.Transform(valid), "Label", "Score", "PredictedLabel");
+
+            // Exact for one epoch (see the binary test); argmax over three scores, as PredictedLabel.
+            double accuracy = reports.Single().ValidationAccuracy!.Value;
+            Assert.AreEqual(metrics.MicroAccuracy, accuracy, 0.0, "exact: same weights, same batches");
+            Assert.IsTrue(accuracy is > 0.5 and < 1, $"accuracy {accuracy}: above what predicting one class gives (1/3), so the argmax varies by row");
+        }
+        finally
+        {
+            (pipeline as IDisposable)?.Dispose();
+        }
+    }
+
+    [TestMethod]
+    [DataRow(true, DisplayName = "regression with a validation set")]
+    [DataRow(false, DisplayName = "classification without a validation set")]
+    public void Fit_RegressionOrNoValidationSet_ValidationAccuracyIsNull(bool regression)
+    {
+        var ml = new MLContext(seed: 13);
+        var sentences = TinyBert.Sentences(32, 2, 25);
+        var data = regression
+            ? ml.Data.LoadFromEnumerable(sentences.Select(s => new RegressionRow { Text = s.Text, Label = s.Class }))
+            : ml.Data.LoadFromEnumerable(sentences.Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
+        var options = FastOptions(baseModel);
+        options.MaxEpochs = 2;
+        options.ProgressInterval = 1;
+        options.ValidationSet = regression ? data : null;
+        var reports = new List<LoraTrainingProgress>();
+        options.Progress = new SynchronousProgress<LoraTrainingProgress>(reports.Add);
+        using var model = ml.Transforms.LoraFineTune(options).Fit(data);
+
+        // Two steps per epoch plus an end-of-epoch report each; the validation loss is there only with a validation set.
+        Assert.HasCount(6, reports);
+        Assert.IsTrue(reports.All(r => r.ValidationAccuracy is null));
+        Assert.AreEqual(regression ? 2 : 0, reports.Count(r => r.ValidationLoss is not null));
+    }
+
+    private static double Accuracy(IDataView scored)
+    {
+        var labels = scored.GetColumn<bool>("Label").ToArray();
+        var predicted = scored.GetColumn<bool>("PredictedLabel").ToArray();
+        return (double)labels.Zip(predicted).Count(p => p.First == p.Second) / labels.Length;
     }
 
     [TestMethod]

@@ -102,7 +102,7 @@ internal sealed class LoraTrainer
                 if (Steps % options.ProgressInterval == 0)
                 {
                     double loss = ReadLoss(intervalLoss, intervalRows, epoch, intervalFirstStep, learningRate);
-                    Report(epoch, totalSteps, loss, learningRate, rowsSeen, stopwatch.Elapsed, null);
+                    Report(epoch, totalSteps, loss, learningRate, rowsSeen, stopwatch.Elapsed, null, null);
                     intervalLoss.zero_();
                     intervalRows = 0;
                     intervalFirstStep = Steps + 1;
@@ -116,13 +116,13 @@ internal sealed class LoraTrainer
 
             double lastIntervalLoss = intervalRows > 0 ? ReadLoss(intervalLoss, intervalRows, epoch, intervalFirstStep, learningRate) : double.NaN;
             EpochLosses.Add(epochRows > 0 ? ReadLoss(epochLoss, epochRows, epoch, intervalFirstStep, learningRate) : double.NaN);
-            double? validationLoss = validation is null ? null : Validate();
-            Report(epoch, totalSteps, intervalRows > 0 ? lastIntervalLoss : EpochLosses[^1], learningRate, rowsSeen, stopwatch.Elapsed, validationLoss);
+            var (validationLoss, validationAccuracy) = validation is null ? (null, null) : Validate();
+            Report(epoch, totalSteps, intervalRows > 0 ? lastIntervalLoss : EpochLosses[^1], learningRate, rowsSeen, stopwatch.Elapsed, validationLoss, validationAccuracy);
             intervalLoss.zero_();
             intervalRows = 0;
             intervalFirstStep = Steps + 1;
             MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
-                $"Epoch {epoch}/{options.MaxEpochs}: training loss {EpochLosses[^1]:F4}{(validationLoss is null ? string.Empty : $", validation loss {validationLoss:F4}")}, {stopwatch.Elapsed.TotalSeconds:F1} s."));
+                $"Epoch {epoch}/{options.MaxEpochs}: training loss {EpochLosses[^1]:F4}{(validationLoss is null ? string.Empty : $", validation loss {validationLoss:F4}")}{(validationAccuracy is null ? string.Empty : $", validation accuracy {validationAccuracy:F4}")}, {stopwatch.Elapsed.TotalSeconds:F1} s."));
 
             if (validationLoss is double v)
             {
@@ -262,12 +262,14 @@ internal sealed class LoraTrainer
         return peak * Math.Max(0, totalSteps - step + 1) / Math.Max(1, totalSteps - warmupSteps);
     }
 
-    private double Validate()
+    /// <summary>Mean validation loss, and for classification the fraction of correctly predicted rows, from one forward pass per batch.</summary>
+    private (double? Loss, double? Accuracy) Validate()
     {
         UsedEvalMode = true;
         model.Model.eval();
         using var sum = torch.zeros(1, ScalarType.Float64, model.Device);
         long count = 0;
+        using var correct = torch.zeros(1, ScalarType.Int64, model.Device);
         foreach (var batch in validation!.Rows().Chunk(options.InferenceBatchSize))
         {
             CheckCanceled();
@@ -275,19 +277,33 @@ internal sealed class LoraTrainer
             using var noGrad = torch.no_grad();
             var texts = batch.Select(r => r.Text).ToArray();
             var pairs = options.TextPairColumnName is null ? null : batch.Select(r => r.Pair ?? string.Empty).ToArray();
-            sum.add_(Loss(model.Forward(texts, pairs), batch).to(ScalarType.Float64) * batch.Length);
+            var output = model.Forward(texts, pairs);
+            sum.add_(Loss(output, batch).to(ScalarType.Float64) * batch.Length);
             count += batch.Length;
+            if (model.Label.Task != LoraTaskKind.Regression)
+            {
+                correct.add_(CorrectPredictions(output, batch));
+            }
         }
 
         model.Model.train();
-        return count > 0 ? sum.item<double>() / count : double.NaN;
+        double? accuracy = model.Label.Task == LoraTaskKind.Regression ? null : count > 0 ? correct.item<long>() / (double)count : double.NaN;
+        return (count > 0 ? sum.item<double>() / count : double.NaN, accuracy);
     }
 
-    private void Report(int epoch, long totalSteps, double loss, double learningRate, long rowsSeen, TimeSpan elapsed, double? validationLoss)
+    /// <summary>Rows whose predicted class (as <see cref="Data.PredictionValues"/> predicts it) equals their label, counted on the device.</summary>
+    private Tensor CorrectPredictions(Tensor output, TrainingRow[] batch)
+    {
+        var predicted = model.Label.Task == LoraTaskKind.BinaryClassification ? output.squeeze(1).gt(0).to(ScalarType.Int64) : output.argmax(1);
+        var targets = HostTransfer.ToDevice(torch.tensor(batch.Select(r => (long)r.Class).ToArray(), ScalarType.Int64), model.Device);
+        return predicted.eq(targets).sum();
+    }
+
+    private void Report(int epoch, long totalSteps, double loss, double learningRate, long rowsSeen, TimeSpan elapsed, double? validationLoss, double? validationAccuracy)
     {
         double rowsPerSecond = rowsSeen / Math.Max(elapsed.TotalSeconds, 1e-9);
         var remaining = Steps > 0 ? TimeSpan.FromSeconds(elapsed.TotalSeconds / Steps * Math.Max(0, totalSteps - Steps)) : TimeSpan.Zero;
-        var report = new LoraTrainingProgress(epoch, options.MaxEpochs, Steps, totalSteps, loss, learningRate, rowsPerSecond, elapsed, remaining, validationLoss);
+        var report = new LoraTrainingProgress(epoch, options.MaxEpochs, Steps, totalSteps, loss, learningRate, rowsPerSecond, elapsed, remaining, validationLoss, validationAccuracy);
         MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
             $"epoch {epoch}/{options.MaxEpochs} step {Steps}/{totalSteps} loss {loss:F4} lr {learningRate:G3} {rowsPerSecond:F1} rows/s ETA {remaining:hh\\:mm\\:ss}"));
         options.Progress?.Report(report);
