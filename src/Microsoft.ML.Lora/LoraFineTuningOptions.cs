@@ -104,9 +104,9 @@ public sealed class LoraFineTuningOptions
     /// <summary>
     /// Gradient (activation) checkpointing: each encoder layer keeps only its input during training and is computed again
     /// in the backward pass (dropout masks are replayed, so the gradients are the same). Trades about one extra encoder
-    /// forward per step for most of the activation memory — with a frozen base, activations are most of what training
-    /// needs. Measured on MiniLM, batch 32 × 64 tokens, CPU (bench/README.md): peak memory above the weights 658 → 332 MiB,
-    /// step time about 1.3×. Use it for long sequences, large batches or small GPUs. Default false.
+    /// forward per step for much of the activation memory — with a frozen base, activations are most of what training
+    /// needs. Measured on MiniLM, batch 32 × 64 tokens, CPU (bench/README.md): peak memory above the weights 622 → 385 MiB,
+    /// step time about 1.6×. Use it for long sequences, large batches or small GPUs. Default false.
     /// </summary>
     public bool GradientCheckpointing;
 
