@@ -12,7 +12,7 @@ namespace Microsoft.ML.Lora.Benchmarks;
 /// </summary>
 internal static class TrainingSuite
 {
-    internal enum Variant { LoraQv, LoraAllLinear, Full, LoraQvCheckpointed, FullCheckpointed }
+    internal enum Variant { LoraQv, LoraAllLinear, Full, LoraQvCheckpointed, FullCheckpointed, LoraQvTopHalf }
 
     public static void Run(BenchReport report, double limitGflops, bool quick)
     {
@@ -41,6 +41,14 @@ internal static class TrainingSuite
             var (ck2Ms, qv2Ms) = Measure.Pair(checkpointedStep, qvStep, reps);
             report.Add(new BenchRow("training", $"step time {batch}×{seq}, the price of checkpointing", "ms", ck2Ms, qv2Ms,
                 "LoRA r=8 q,v + gradient checkpointing", "LoRA r=8 q,v"));
+        }
+        using (var topHalf = Build(Variant.LoraQvTopHalf))
+        {
+            // PEFT's layers_to_transform: with adapters only in layers 3-5, the backward stops at layer 3.
+            Action topStep = EncoderSuite.Step(topHalf.Model, data.Ids, data.Mask, data.Types, data.Labels);
+            var (topMs, full4Ms) = Measure.Pair(topStep, fullStep, reps);
+            report.Add(new BenchRow("training", $"step time {batch}×{seq}", "ms", topMs, full4Ms, "LoRA r=8 q,v, layers 3-5 only", "full fine-tuning",
+                "≤ 0.6×", topMs / full4Ms <= 0.6));
         }
 
         BertConfig config = qv.Model.Bert.Config;
@@ -126,7 +134,8 @@ internal static class TrainingSuite
         if (v is not (Variant.Full or Variant.FullCheckpointed))
         {
             var config = new LoraConfig { r = 8, lora_alpha = 16 };
-            if (v is Variant.LoraQv or Variant.LoraQvCheckpointed) config.target_modules = new List<string> { "query", "value" };
+            if (v == Variant.LoraQvTopHalf) config.layers_to_transform = new List<int> { 3, 4, 5 };
+            if (v is Variant.LoraQv or Variant.LoraQvCheckpointed or Variant.LoraQvTopHalf) config.target_modules = new List<string> { "query", "value" };
             else config.target_modules = new List<string> { LoraConfig.AllLinear };
             lora.inject_adapter_in_model(config, model.Bert);
             lora.mark_only_lora_as_trainable(model);
