@@ -47,6 +47,20 @@ public sealed class LoraFineTuningTests
             .Append(ml.Transforms.LoraFineTune(options ?? FastOptions(baseModel)))
             .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"));
 
+    /// <summary>Collects the messages that fine-tuning writes to <paramref name="ml"/>'s log.</summary>
+    private static List<string> FineTuningLog(MLContext ml)
+    {
+        var log = new List<string>();
+        ml.Log += (_, e) =>
+        {
+            if (e.Source.Contains("LoraFineTuning", StringComparison.Ordinal))
+            {
+                log.Add(e.Message);
+            }
+        };
+        return log;
+    }
+
     private static LoraTransformer LoraOf(ITransformer chain) =>
         ((IEnumerable<ITransformer>)chain).OfType<LoraTransformer>().Single();
 
@@ -311,14 +325,7 @@ public sealed class LoraFineTuningTests
         options.ValidationSet = valid;
         options.ProgressInterval = 1000;
         var reports = new List<LoraTrainingProgress>();
-        var log = new List<string>();
-        ml.Log += (_, e) =>
-        {
-            if (e.Source.Contains("LoraFineTuning", StringComparison.Ordinal))
-            {
-                log.Add(e.Message);
-            }
-        };
+        var log = FineTuningLog(ml);
         options.Progress = new SynchronousProgress<LoraTrainingProgress>(reports.Add);
         using var model = ml.Transforms.LoraFineTune(options).Fit(train);
 
@@ -477,14 +484,7 @@ public sealed class LoraFineTuningTests
         options.ProgressInterval = 1;
         options.WarmupRatio = 0.25;
         var reports = new List<LoraTrainingProgress>();
-        var log = new List<string>();
-        ml.Log += (_, e) =>
-        {
-            if (e.Source.Contains("LoraFineTuning", StringComparison.Ordinal))
-            {
-                log.Add(e.Message);
-            }
-        };
+        var log = FineTuningLog(ml);
         options.Progress = new SynchronousProgress<LoraTrainingProgress>(reports.Add);
         using var model = ml.Transforms.LoraFineTune(options).Fit(data);
 
