@@ -173,7 +173,7 @@ internal static class LoraInjector
     /// <summary>Throws unless <paramref name="module"/> is a type LoRA can replace (checked before anything changes).</summary>
     private static void CheckSupported(nn.Module module, string path, int r, LoraConfig config)
     {
-        if (module is Modules.LoraConvNd loraConv && r % loraConv.groups != 0)
+        if (module is Modules.LoraConvNd { factorization: LoraConvFactorization.Peft } loraConv && r % loraConv.groups != 0)
         {
             throw new ArgumentException(
                 $"Convolution '{path}' has groups = {loraConv.groups}; its rank ({r}) must be divisible by it (see rank_pattern).",

@@ -68,7 +68,8 @@ internal static class WeightedAdapters
 
         foreach (var (path, layer) in layers)
         {
-            if (kind != "linear" && (layer is Modules.MergedLinear || layer is Modules.LoraConvNd { groups: > 1 }))
+            if (kind != "linear" && (layer is Modules.MergedLinear || layer is Modules.LoraConvNd { groups: > 1 }
+                || layer is Modules.LoraConvNd { factorization: LoraConvFactorization.Loralib }))
             {
                 throw new ArgumentException(
                     $"Layer '{path}' ({layer.GetType().Name}{(layer is Modules.LoraConvNd c ? $", groups {c.groups}" : "")}) has block-structured factors; " +
