@@ -4,12 +4,15 @@ namespace Microsoft.ML.Lora.Tests;
 
 /// <summary>
 /// Runs reference scripts in a Python that has PyTorch (for cross-checks against a second framework). The interpreter is
-/// the first of: the path in <see cref="PythonVariable"/>, <c>/usr/bin/python3</c>, <c>python3</c> on the PATH that can
-/// <c>import torch</c>. Found once per process; see <see cref="PyTorchConditionAttribute"/> to skip tests without it.
+/// the path in <see cref="PythonVariable"/> when it is set (and only that one), else the first of <c>/usr/bin/python3</c>
+/// and <c>python3</c> on the PATH that can <c>import torch</c>. Found once per process; see <see cref="PyTorchConditionAttribute"/> to skip tests without it.
 /// </summary>
 public static class PyTorchReference
 {
-    /// <summary>Environment variable naming a Python interpreter to use instead of the default search.</summary>
+    /// <summary>
+    /// Environment variable naming the Python interpreter to use instead of the default search (set it to a path that does
+    /// not exist to see the PyTorch tests skipped).
+    /// </summary>
     public const string PythonVariable = "LORA_PYTORCH_PYTHON";
 
     private static readonly Lazy<(string? Python, string? Version, string Reason)> Probe = new(FindPython);
@@ -67,15 +70,8 @@ public static class PyTorchReference
 
     private static (string? Python, string? Version, string Reason) FindPython()
     {
-        var candidates = new List<string>();
         var fromVariable = Environment.GetEnvironmentVariable(PythonVariable);
-        if (!string.IsNullOrEmpty(fromVariable))
-        {
-            candidates.Add(fromVariable);
-        }
-
-        candidates.Add("/usr/bin/python3");
-        candidates.Add("python3");
+        List<string> candidates = string.IsNullOrEmpty(fromVariable) ? ["/usr/bin/python3", "python3"] : [fromVariable];
         var reasons = new List<string>();
         foreach (var candidate in candidates.Distinct(StringComparer.Ordinal))
         {
