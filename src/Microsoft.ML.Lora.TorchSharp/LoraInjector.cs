@@ -414,7 +414,11 @@ internal static class LoraInjector
             }
         }
 
-        /// <summary>PEFT's layer filter: the index after the last <c>.&lt;pattern&gt;.</c> (any name without a pattern) must be listed.</summary>
+        /// <summary>
+        /// PEFT ≥ 0.20's layer filter: the first index in the path, i.e. the number after the first <c>.&lt;pattern&gt;.</c> (after the
+        /// first dotted name without a pattern; PEFT's lazy <c>.*?\.[^.]*\.(\d+)\.</c>), must be listed. Nested indices (experts
+        /// inside a layer) do not count.
+        /// </summary>
         private bool InSelectedLayer(string path)
         {
             if (_layers is null)
@@ -425,13 +429,13 @@ internal static class LoraInjector
             Match? match = null;
             if (_layersPattern is null || _layersPattern.Count == 0)
             {
-                match = Regex.Match(path, @"^.*\.[^.]*\.(\d+)\.", RegexOptions.CultureInvariant);
+                match = Regex.Match(path, @"^.*?\.[^.]*\.(\d+)\.", RegexOptions.CultureInvariant);
             }
             else
             {
                 foreach (var pattern in _layersPattern)
                 {
-                    match = Regex.Match(path, $@"^.*\.{pattern}\.(\d+)\.", RegexOptions.CultureInvariant);
+                    match = Regex.Match(path, $@"^.*?\.{pattern}\.(\d+)\.", RegexOptions.CultureInvariant);
                     if (match.Success)
                     {
                         break;
