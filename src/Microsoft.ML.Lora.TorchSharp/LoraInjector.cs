@@ -147,7 +147,8 @@ internal static class LoraInjector
                 return new Modules.Linear(linear.weight, linear.bias, r, alpha, config.lora_dropout,
                     fan_in_fan_out: false, config.merge_weights, config.use_rslora, init, adapterName, config);
             case TorchModules.Embedding embedding:
-                return new Modules.Embedding(embedding.weight!, r, alpha, config.merge_weights, padding_idx: null,
+                // The padding row keeps getting no gradient in the LoRA table either (as the base embedding).
+                return new Modules.Embedding(embedding.weight!, r, alpha, config.merge_weights, PaddingIndex(embedding),
                     config.use_rslora, init, adapterName, config);
             case TorchModules.Convolution conv when !conv.transposed:
                 var dims = conv.kernel_size.Length;
@@ -167,6 +168,32 @@ internal static class LoraInjector
                 throw new ArgumentException(
                     $"Module '{path}' is a {module.GetType().Name}; LoRA supports Linear, Embedding, Conv1d, Conv2d and Conv3d.",
                     nameof(config));
+        }
+    }
+
+    /// <summary>
+    /// The <c>padding_idx</c> of a TorchSharp embedding, which TorchSharp keeps inside the native module and does not expose:
+    /// the one row that gets no gradient when every row is looked up once, or null. Uses <c>autograd.grad</c>, so no
+    /// <c>.grad</c> is touched; the weight's <c>requires_grad</c> is restored.
+    /// </summary>
+    private static long? PaddingIndex(TorchModules.Embedding embedding)
+    {
+        var weight = embedding.weight!;
+        var requiresGrad = weight.requires_grad;
+        try
+        {
+            using var scope = torch.NewDisposeScope();
+            using var enable = torch.enable_grad();
+            weight.requires_grad = true;
+            var ids = torch.arange(weight.shape[0], dtype: ScalarType.Int64, device: weight.device);
+            var output = embedding.forward(ids);
+            var grad = torch.autograd.grad([output.sum()], [weight])[0];
+            var rowsWithout = (grad.abs().sum(dim: 1) == 0).nonzero().reshape(-1);
+            return rowsWithout.numel() == 1 ? rowsWithout.item<long>() : null;
+        }
+        finally
+        {
+            weight.requires_grad = requiresGrad;
         }
     }
 

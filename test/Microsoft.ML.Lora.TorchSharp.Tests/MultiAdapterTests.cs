@@ -313,4 +313,22 @@ public sealed class MultiAdapterTests
         var best = s[1..].pow(2).sum().sqrt().item<double>(); // Eckart–Young: the best rank-1 error
         Assert.AreEqual(best, error, 1e-5 * Math.Max(best, 1e-3));
     }
+
+    [TestMethod]
+    public void MarkOnlyLoraAsTrainable_InactiveNamedAdapter_StaysFrozen()
+    {
+        using var scope = NewDisposeScope();
+        var model = TwoAdapters(69); // "a" active, "b" inactive
+        lora.mark_only_lora_as_trainable(model);
+        var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.name).ToList();
+        Assert.IsTrue(trainable.Count > 0);
+        Assert.IsTrue(trainable.All(n => n.Contains(".lora_adapters.a.", StringComparison.Ordinal)), string.Join(", ", trainable));
+        Assert.AreEqual(4 * 2, trainable.Count, "A and B of adapter a in 2 queries and 2 values");
+
+        lora.set_adapter(model, "b");
+        lora.mark_only_lora_as_trainable(model);
+        trainable = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.name).ToList();
+        Assert.AreEqual(2 * 2, trainable.Count, "A and B of adapter b in 2 queries");
+        Assert.IsTrue(trainable.All(n => n.Contains(".lora_adapters.b.", StringComparison.Ordinal)), string.Join(", ", trainable));
+    }
 }
