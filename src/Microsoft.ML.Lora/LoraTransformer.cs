@@ -190,9 +190,10 @@ public sealed class LoraTransformer : ITransformer, IDisposable
     /// Whether this call comes from ML.NET's <c>PredictionEngine</c> disposing itself (directly, or through a
     /// <c>TransformerChain</c> it owns). ML.NET gives the transformer no other sign of which engine lets go.
     /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
     private static bool CalledByPredictionEngine()
     {
-        foreach (var frame in new System.Diagnostics.StackTrace(2, fNeedFileInfo: false).GetFrames())
+        foreach (var frame in new System.Diagnostics.StackTrace(fNeedFileInfo: false).GetFrames())
         {
             var type = frame.GetMethod()?.DeclaringType;
             if (type is { Namespace: "Microsoft.ML" } && type.Name.StartsWith("PredictionEngineBase`", StringComparison.Ordinal))

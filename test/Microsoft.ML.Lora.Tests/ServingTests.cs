@@ -279,7 +279,7 @@ public sealed class ServingTests
     {
         var model = Train(SharedTinyBase(), seed: 13);
         float[] expected;
-        using (var engine = context.Model.CreatePredictionEngine<BinaryRow, BinaryPrediction>(model, new PredictionEngineOptions { OwnsTransformer = false }))
+        using (var engine = context.Model.CreatePredictionEngine<BinaryRow, BinaryPrediction>(model))
         {
             expected = texts.Select(t => engine.Predict(new BinaryRow { Text = t }).Score).ToArray();
         }
@@ -391,7 +391,7 @@ public sealed class ServingTests
     private static LoraTransformer LoadLora(string path, out ITransformer chain)
     {
         chain = context.Model.Load(path, out _);
-        return ((IEnumerable<ITransformer>)chain).OfType<LoraTransformer>().Single();
+        return chain as LoraTransformer ?? ((IEnumerable<ITransformer>)chain).OfType<LoraTransformer>().Single();
     }
 
     private static Exception Innermost(Exception e)
