@@ -28,6 +28,9 @@ namespace Microsoft.ML.Lora;
 /// model's lease on its shared base) is freed when the last one is gone. ML.NET's <c>PredictionEngine</c> calls
 /// <see cref="Dispose"/> on the transformer when the engine is disposed (unless created with <c>OwnsTransformer = false</c>);
 /// such a call releases that engine's reference only, so disposing one engine of a pool never breaks the others nor the owner.
+/// (ML.NET tells the transformer which caller it is by nothing but the call stack, which is what is looked at.) An engine
+/// created with <c>OwnsTransformer = false</c> never reports that it is done, so its reference, and the model, stay until
+/// the process ends.
 /// </para>
 /// </remarks>
 public sealed class LoraTransformer : ITransformer, IDisposable
