@@ -179,4 +179,24 @@ public sealed class ConvTests
         Assert.AreEqual(LoraConvFactorization.Peft, layer.factorization);
         CollectionAssert.AreEqual(new long[] { 2, 2, 3, 3 }, layer.lora_A!.shape);
     }
+
+    [TestMethod]
+    public void LoadLoralibStateDict_ModelWithLoralibConv_FoldsDuplicatedConvKeysAndLoadsStrict()
+    {
+        torch.manual_seed(57);
+        using var scope = NewDisposeScope();
+        var source = nn.Sequential(("features", lora.Conv2d(2, 4, 3, r: 2, lora_alpha: 2, padding: 1)));
+        var conv = (Modules.Conv2d)source.named_modules().Single(m => m.name == "features").module;
+        Randomize(conv.lora_B);
+        // What loralib's model.state_dict() holds: our keys plus features.conv.weight/bias (the same tensors).
+        var loralib = source.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
+        loralib["features.conv.weight"] = loralib["features.weight"].clone();
+        loralib["features.conv.bias"] = loralib["features.bias"].clone();
+
+        var target = nn.Sequential(("features", lora.Conv2d(2, 4, 3, r: 2, lora_alpha: 2, padding: 1)));
+        var (missing, unexpected) = lora.load_loralib_state_dict(target, loralib);
+        Assert.AreEqual(0, missing.Count + unexpected.Count);
+        var x = randn(1, 2, 5, 5);
+        AssertExactlyEqual(target.forward(x), source.forward(x), "loaded model");
+    }
 }
