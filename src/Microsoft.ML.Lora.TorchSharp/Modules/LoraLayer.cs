@@ -548,6 +548,21 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         }
     }
 
+    /// <summary>
+    /// Forgets the merge bookkeeping (the copy of W and the merged factors) without touching <c>weight</c>: used when the
+    /// merged weight is handed to a plain module and this layer is discarded.
+    /// </summary>
+    internal void ForgetMergeState()
+    {
+        foreach (var slot in _adapters)
+        {
+            DisposeMerged(slot);
+        }
+
+        _mergedBase?.Weight.Dispose();
+        _mergedBase = null;
+    }
+
     /// <inheritdoc/>
     protected override void Dispose(bool disposing)
     {
