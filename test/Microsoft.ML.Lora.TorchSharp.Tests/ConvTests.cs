@@ -199,4 +199,22 @@ public sealed class ConvTests
         var x = randn(1, 2, 5, 5);
         AssertExactlyEqual(target.forward(x), source.forward(x), "loaded model");
     }
+
+    [TestMethod]
+    public void PeftAdapterSave_LoralibFactorisedConv_ThrowsNamingTheLayerAndFactorisation()
+    {
+        using var scope = NewDisposeScope();
+        var model = nn.Sequential(("c", lora.Conv2d(2, 4, 3, r: 2)));
+        var dir = PeftFiles.TempDir();
+        try
+        {
+            var e = Assert.ThrowsExactly<ArgumentException>(() => PeftAdapter.Save(model, dir));
+            StringAssert.Contains(e.Message, "'c'");
+            StringAssert.Contains(e.Message, "loralib's factorisation");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }
