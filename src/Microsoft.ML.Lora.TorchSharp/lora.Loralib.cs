@@ -51,4 +51,34 @@ public static partial class lora
 
         return model.load_state_dict(source, strict);
     }
+
+    /// <summary>
+    /// <paramref name="model"/>'s <c>state_dict()</c> laid out as Python's loralib writes it: for every LoRA convolution with
+    /// <see cref="LoraConvFactorization.Loralib"/>, its <c>weight</c>/<c>bias</c> appear a second time as
+    /// <c>&lt;path&gt;.conv.weight</c>/<c>&lt;path&gt;.conv.bias</c> (the same tensors), so loralib's model loads the result with
+    /// <c>strict=True</c>. Values are the model's own tensors (not copies).
+    /// </summary>
+    /// <param name="model">The model.</param>
+    /// <returns>Name → tensor, <c>state_dict()</c> order with the duplicates after each convolution's own keys.</returns>
+    public static Dictionary<string, Tensor> loralib_state_dict(nn.Module model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        var state = model.state_dict();
+        var convs = LoraLayers(model).Where(l => l.layer is Modules.LoraConvNd { factorization: LoraConvFactorization.Loralib })
+            .Select(l => l.path.Length == 0 ? "" : l.path + ".").ToList();
+        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var (key, tensor) in state)
+        {
+            result[key] = tensor;
+            foreach (var prefix in convs)
+            {
+                if (key == prefix + "weight" || key == prefix + "bias")
+                {
+                    result[prefix + "conv." + key[prefix.Length..]] = tensor;
+                }
+            }
+        }
+
+        return result;
+    }
 }

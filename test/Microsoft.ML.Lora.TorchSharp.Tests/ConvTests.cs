@@ -217,4 +217,23 @@ public sealed class ConvTests
             Directory.Delete(dir, recursive: true);
         }
     }
+
+    [TestMethod]
+    public void LoralibStateDict_ModelWithLoralibConv_AddsConvDuplicatesAndRoundTrips()
+    {
+        torch.manual_seed(58);
+        using var scope = NewDisposeScope();
+        var source = nn.Sequential(("features", lora.Conv2d(2, 4, 3, r: 2, lora_alpha: 2, padding: 1)), ("head", lora.Linear(4, 3, r: 1)));
+        var state = lora.loralib_state_dict(source);
+        CollectionAssert.AreEquivalent(
+            new[] { "features.weight", "features.bias", "features.lora_A", "features.lora_B", "features.conv.weight", "features.conv.bias",
+                "head.weight", "head.bias", "head.lora_A", "head.lora_B" },
+            state.Keys.ToArray());
+        Assert.AreSame(state["features.weight"], state["features.conv.weight"], "the same tensor, as in loralib");
+
+        var target = nn.Sequential(("features", lora.Conv2d(2, 4, 3, r: 2, lora_alpha: 2, padding: 1)), ("head", lora.Linear(4, 3, r: 1)));
+        var (missing, unexpected) = lora.load_loralib_state_dict(target, state);
+        Assert.AreEqual(0, missing.Count + unexpected.Count);
+        AssertExactlyEqual(target.state_dict()["features.weight"], source.state_dict()["features.weight"], "weight");
+    }
 }
