@@ -38,12 +38,13 @@ public static class DemoModels
         Directory.CreateDirectory(directory);
         foreach (string source in Sources)
         {
+            // The label is mapped to a key outside the saved chain, so that the served model needs only the Text column.
             var data = ml.Data.LoadFromEnumerable(Read(dataPath, source).Take(rows));
-            var pipeline = ml.Transforms.Conversion.MapValueToKey("Label")
-                .Append(ml.Transforms.LoraFineTune(new LoraFineTuningOptions { MaxEpochs = epochs, BatchSize = 16, MaxSequenceLength = 64 }))
+            var keyed = ml.Transforms.Conversion.MapValueToKey("Label").Fit(data).Transform(data);
+            var pipeline = ml.Transforms.LoraFineTune(new LoraFineTuningOptions { MaxEpochs = epochs, BatchSize = 16, MaxSequenceLength = 64 })
                 .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"));
-            using var model = pipeline.Fit(data);
-            ml.Model.Save(model, data.Schema, Path.Combine(directory, source + ".zip"));
+            using var model = pipeline.Fit(keyed);
+            ml.Model.Save(model, keyed.Schema, Path.Combine(directory, source + ".zip"));
             Console.WriteLine($"  {source}: trained on {rows} sentences, saved {source}.zip");
         }
     }

@@ -23,7 +23,20 @@ public sealed class ServedModel : IDisposable
         Path = path;
         Kind = path.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase) ? "onnx" : "torchsharp";
         this.transformer = transformer;
-        var output = transformer.GetOutputSchema(inputSchema);
+        DataViewSchema output;
+        try
+        {
+            output = transformer.GetOutputSchema(inputSchema);
+        }
+        catch (ArgumentOutOfRangeException error)
+        {
+            // Typically a label mapping (MapValueToKey) saved inside the chain: it wants the label at prediction time.
+            throw new ArgumentException(
+                $"Model '{path}' cannot score rows that hold only a Text column: {error.Message} Save the chain without the " +
+                "label mapping (fit MapValueToKey first and LoraFineTune + MapKeyToValue on its output, as DemoModels does).",
+                nameof(transformer), error);
+        }
+
         if (output.GetColumnOrNull("Score")?.Type is not VectorDataViewType { ItemType: NumberDataViewType } ||
             output.GetColumnOrNull("PredictedLabel")?.Type is not TextDataViewType)
         {
