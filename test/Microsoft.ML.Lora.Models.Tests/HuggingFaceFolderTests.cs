@@ -32,7 +32,7 @@ public sealed class HuggingFaceFolderTests
     }
 
     [TestMethod]
-    public void SafetensorsWriter_Header_IsHuggingFaceCompatible()
+    public void SaveHuggingFace_SafetensorsHeader_IsHuggingFaceCompatible()
     {
         using var model = TestData.TinyModel(seed: 42, layers: 1);
         string dir = TestData.SaveTinyFolder(model);
@@ -63,8 +63,8 @@ public sealed class HuggingFaceFolderTests
         using var positionIds = arange(32, dtype: ScalarType.Int64).unsqueeze(0);
         shard2["classifier.weight"] = headWeight;
         shard2["bert.embeddings.position_ids"] = positionIds;
-        SafetensorsWriter.Save(Path.Combine(dir, "model-00001-of-00002.safetensors"), shard1);
-        SafetensorsWriter.Save(Path.Combine(dir, "model-00002-of-00002.safetensors"), shard2);
+        SafeTensors.Write(Path.Combine(dir, "model-00001-of-00002.safetensors"), shard1, HuggingFaceFolder.SafetensorsMetadata, ScalarType.Float32);
+        SafeTensors.Write(Path.Combine(dir, "model-00002-of-00002.safetensors"), shard2, HuggingFaceFolder.SafetensorsMetadata, ScalarType.Float32);
         var map = shard1.Keys.ToDictionary(k => k, _ => "model-00001-of-00002.safetensors")
             .Concat(shard2.Keys.ToDictionary(k => k, _ => "model-00002-of-00002.safetensors"))
             .ToDictionary(p => p.Key, p => p.Value);
@@ -124,7 +124,7 @@ public sealed class HuggingFaceFolderTests
         using var wrong = zeros(16, 8);
         sd["encoder.layer.2.attention.self.query.weight"] = extra;
         sd["encoder.layer.0.attention.self.key.weight"] = wrong;
-        SafetensorsWriter.Save(Path.Combine(dir, "model.safetensors"), sd);
+        SafeTensors.Write(Path.Combine(dir, "model.safetensors"), sd, HuggingFaceFolder.SafetensorsMetadata, ScalarType.Float32);
 
         var e = Assert.ThrowsExactly<InvalidDataException>(() => PretrainedModel.FromHuggingFaceFolder(dir).Load());
         StringAssert.Contains(e.Message, dir);
