@@ -116,7 +116,7 @@ internal static class SafeTensors
     }
 
     /// <summary>Reads every tensor of a safetensors file (CPU tensors owned by the caller) and its metadata.</summary>
-    /// <remarks>Streams the file: only the header and one tensor at a time pass through managed memory.</remarks>
+    /// <remarks>Streams the file: the header, then each tensor's bytes straight into its storage (no whole-file buffer, so files over 2 GiB load).</remarks>
     /// <exception cref="ArgumentException">The file is not a valid safetensors file (the message names it and what is wrong).</exception>
     internal static (Dictionary<string, Tensor> tensors, Dictionary<string, string> metadata) Read(string path)
     {

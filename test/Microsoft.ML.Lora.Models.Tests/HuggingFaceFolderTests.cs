@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using TorchSharp;
 using TorchSharp.PyBridge;
 using static TorchSharp.torch;
 
@@ -92,6 +93,36 @@ public sealed class HuggingFaceFolderTests
         {
             Assert.AreEqual(ScalarType.Float32, sd[key].dtype);
             Assert.AreEqual(0.0, TestData.MaxAbsDiff(sd[key], value.to_type(ScalarType.Float32)), key);
+        }
+    }
+
+    [TestMethod]
+    public void SaveHuggingFace_Bfloat16Model_StoresFloat32CopiesAndLeavesModelInBfloat16()
+    {
+        using var model = TestData.TinyModel(seed: 47, layers: 1);
+        model.to(ScalarType.BFloat16);
+        string dir = TestData.SaveTinyFolder(model);
+
+        var (stored, metadata) = SafeTensors.Read(Path.Combine(dir, "model.safetensors"));
+        try
+        {
+            Assert.AreEqual("pt", metadata["format"]);
+            var weights = model.BaseStateDict();
+            CollectionAssert.AreEquivalent(weights.Keys.ToList(), stored.Keys.ToList());
+            foreach (var (key, value) in weights)
+            {
+                Assert.AreEqual(ScalarType.BFloat16, value.dtype, $"{key}: the model keeps its dtype");
+                Assert.AreEqual(ScalarType.Float32, stored[key].dtype, key);
+                // bfloat16 → float32 is exact, so the stored values equal the model's.
+                Assert.AreEqual(0.0, TestData.MaxAbsDiff(stored[key], value.to_type(ScalarType.Float32)), key);
+            }
+        }
+        finally
+        {
+            foreach (var tensor in stored.Values)
+            {
+                tensor.Dispose();
+            }
         }
     }
 
