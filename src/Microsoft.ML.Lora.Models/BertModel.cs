@@ -51,6 +51,43 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
         set => encoder.GradientCheckpointing = value;
     }
 
+    /// <summary>
+    /// Mixed precision as PyTorch's autocast does it: the linear layers (their weights and matrix products), the
+    /// attention and the embedding tables go to <paramref name="matmulDtype"/> (bfloat16 or float16), while LayerNorm,
+    /// the embedding sum and the residual stream between the layers stay float32, so the output is float32. Rounding
+    /// the residual stream and LayerNorm's input to 8 significant bits, as a whole-model <c>to(bfloat16)</c> does, adds
+    /// error at every layer that later layers amplify; autocast keeps them float32 for that reason. Call before LoRA
+    /// injection: factors created on a half-precision weight are float32.
+    /// </summary>
+    /// <param name="matmulDtype">BFloat16, Float16 or Float32 (Float32 restores a plain float32 model).</param>
+    /// <returns>This model.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="matmulDtype"/> is not a floating type named above.</exception>
+    public BertModel ToMixedPrecision(ScalarType matmulDtype)
+    {
+        if (matmulDtype is not (ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float32))
+        {
+            throw new ArgumentOutOfRangeException(nameof(matmulDtype), matmulDtype, "Expected BFloat16, Float16 or Float32.");
+        }
+
+        this.to(matmulDtype);
+        foreach (var (_, module) in named_modules())
+        {
+            if (module is TorchSharp.Modules.LayerNorm norm)
+            {
+                norm.to(ScalarType.Float32);
+            }
+        }
+
+        return this;
+    }
+
+    /// <summary>The dtype of the linear layers' weights (the matmul dtype; float32 unless converted).</summary>
+    public ScalarType MatmulDtype => encoder.MatmulDtype;
+
+    /// <summary>The dtype of a linear module's <c>weight</c> (for a LoRA layer: its base weight).</summary>
+    internal static ScalarType WeightDtype(nn.Module module) =>
+        module.named_parameters().First(p => p.name == "weight").parameter.dtype;
+
     /// <summary>Whether the model has the pooler (<c>pooler.dense</c>).</summary>
     public bool HasPoolingLayer => pooler is not null;
 
@@ -58,7 +95,10 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
     /// <param name="input_ids">Token ids [B, T], int64, each in [0, vocab_size).</param>
     /// <param name="attention_mask">[B, T], int64 (or any numeric type): 1 for real tokens, 0 for padding.</param>
     /// <param name="token_type_ids">[B, T], int64, each in [0, type_vocab_size).</param>
-    /// <returns>The last hidden state [B, T, hidden_size], float32.</returns>
+    /// <returns>
+    /// The last hidden state [B, T, hidden_size], in the LayerNorm weights' dtype: float32, also under
+    /// <see cref="ToMixedPrecision"/>.
+    /// </returns>
     /// <exception cref="ArgumentException">The shapes differ, are not 2-D, or T exceeds max_position_embeddings.</exception>
     public override Tensor forward(Tensor input_ids, Tensor attention_mask, Tensor token_type_ids)
     {
@@ -69,7 +109,7 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
 
         using var scope = NewDisposeScope();
         var hidden = embeddings.forward(input_ids, token_type_ids);
-        var additiveMask = ExtendedAttentionMask(attention_mask, hidden.dtype);
+        var additiveMask = ExtendedAttentionMask(attention_mask, encoder.MatmulDtype);
         return encoder.forward(hidden, additiveMask).MoveToOuterDisposeScope();
     }
 

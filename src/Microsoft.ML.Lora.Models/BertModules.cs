@@ -8,6 +8,12 @@ namespace Microsoft.ML.Lora.Models;
 // Building blocks of BertModel. Class, field and registered names mirror Hugging Face's modeling_bert.py so that
 // state_dict() keys equal the checkpoint keys. Linear layers are declared as Module<Tensor, Tensor> fields named
 // like the registered module so that lora.inject_adapter_in_model can swap them (registry and field).
+//
+// Mixed precision (BertModel.ToMixedPrecision), as PyTorch's CPU/CUDA autocast: the linear layers and the attention
+// run in the dtype of the linear weights (the "matmul dtype", which is also the additive mask's dtype); the residual
+// stream, the embedding sum and LayerNorm run in the LayerNorm weights' dtype (float32). Each block casts its input to
+// the dtype of the next matmul and its matmul output back to the residual dtype. With all weights in one dtype every
+// cast is a no-op.
 
 internal sealed class BertEmbeddings : Module<Tensor, Tensor, Tensor>
 {
@@ -32,7 +38,9 @@ internal sealed class BertEmbeddings : Module<Tensor, Tensor, Tensor>
         using var scope = NewDisposeScope();
         long length = inputIds.shape[1];
         using var positions = arange(length, dtype: ScalarType.Int64, device: inputIds.device).unsqueeze(0);
-        var embeddings = word_embeddings.forward(inputIds)
+        // The sum runs in LayerNorm's dtype: float32 under mixed precision even when the tables are stored in bfloat16.
+        var residualDtype = LayerNorm.weight!.dtype;
+        var embeddings = word_embeddings.forward(inputIds).to(residualDtype)
             .add_(token_type_embeddings.forward(tokenTypeIds))
             .add_(position_embeddings.forward(positions));
         return dropout.forward(LayerNorm.forward(embeddings)).MoveToOuterDisposeScope();
@@ -48,6 +56,9 @@ internal sealed class BertSelfAttention : Module<Tensor, Tensor, Tensor>
     private readonly int headSize;
     private readonly double attentionDropout;
 
+    /// <summary>The dtype of the query projection's weight (the attention runs in it).</summary>
+    public ScalarType MatmulDtype => BertModel.WeightDtype(query);
+
     public BertSelfAttention(BertConfig config) : base("BertSelfAttention")
     {
         numHeads = config.NumAttentionHeads;
@@ -59,15 +70,19 @@ internal sealed class BertSelfAttention : Module<Tensor, Tensor, Tensor>
         RegisterComponents();
     }
 
-    /// <param name="hidden">[B, T, H].</param>
-    /// <param name="additiveMask">[B, 1, 1, T], 0 for tokens to attend to and a large negative number for padding.</param>
+    /// <param name="hidden">[B, T, H], in the residual dtype.</param>
+    /// <param name="additiveMask">
+    /// [B, 1, 1, T] in the matmul dtype, 0 for tokens to attend to and a large negative number for padding.
+    /// </param>
+    /// <returns>[B, T, H] in the matmul dtype (the input of the output projection).</returns>
     public override Tensor forward(Tensor hidden, Tensor additiveMask)
     {
         using var scope = NewDisposeScope();
         long batch = hidden.shape[0];
         long length = hidden.shape[1];
+        var input = hidden.to(additiveMask.dtype);
         Tensor Heads(Module<Tensor, Tensor> projection) =>
-            projection.call(hidden).reshape(batch, length, numHeads, headSize).transpose(1, 2);
+            projection.call(input).reshape(batch, length, numHeads, headSize).transpose(1, 2);
 
         var q = Heads(query);
         var k = Heads(key);
@@ -95,10 +110,12 @@ internal sealed class BertResidualOutput : Module<Tensor, Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <param name="hidden">The block's input, in the matmul dtype.</param>
+    /// <param name="residual">The residual stream, in the residual (LayerNorm) dtype.</param>
     public override Tensor forward(Tensor hidden, Tensor residual)
     {
         using var scope = NewDisposeScope();
-        return LayerNorm.forward(dropout.forward(dense.call(hidden)).add_(residual)).MoveToOuterDisposeScope();
+        return LayerNorm.forward(dropout.forward(dense.call(hidden)).to(residual.dtype).add_(residual)).MoveToOuterDisposeScope();
     }
 }
 
@@ -106,6 +123,8 @@ internal sealed class BertAttention : Module<Tensor, Tensor, Tensor>
 {
     private readonly BertSelfAttention self;
     private readonly BertResidualOutput output;
+
+    public ScalarType MatmulDtype => self.MatmulDtype;
 
     public BertAttention(BertConfig config) : base("BertAttention")
     {
@@ -153,6 +172,9 @@ internal sealed class BertLayer : Module<Tensor, Tensor, Tensor>
     private readonly BertIntermediate intermediate;
     private readonly BertResidualOutput output;
 
+    /// <summary>The dtype of the query projection's weight.</summary>
+    public ScalarType MatmulDtype => attention.MatmulDtype;
+
     public BertLayer(BertConfig config) : base("BertLayer")
     {
         attention = new BertAttention(config);
@@ -164,7 +186,8 @@ internal sealed class BertLayer : Module<Tensor, Tensor, Tensor>
     public override Tensor forward(Tensor hidden, Tensor additiveMask)
     {
         using var attended = attention.forward(hidden, additiveMask);
-        using var expanded = intermediate.forward(attended);
+        using var lowered = attended.to(additiveMask.dtype);
+        using var expanded = intermediate.forward(lowered);
         return output.forward(expanded, attended);
     }
 }
@@ -178,6 +201,9 @@ internal sealed class BertEncoder : Module<Tensor, Tensor, Tensor>
         layer = new ModuleList<BertLayer>(Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new BertLayer(config)).ToArray());
         RegisterComponents();
     }
+
+    /// <summary>The dtype of the first layer's query weight: the matmul dtype of the encoder.</summary>
+    public ScalarType MatmulDtype => layer.Count == 0 ? ScalarType.Float32 : layer[0].MatmulDtype;
 
     /// <summary>Whether training runs each layer through <c>lora.checkpoint</c> (see <see cref="BertModel.GradientCheckpointing"/>).</summary>
     public bool GradientCheckpointing { get; set; }
@@ -213,10 +239,13 @@ internal sealed class BertPooler : Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <summary>The dtype of the dense layer's weight (its input is cast to it).</summary>
+    public ScalarType WeightDtype => BertModel.WeightDtype(dense);
+
     /// <param name="hidden">Last hidden state [B, T, H]; the [CLS] (first) token is pooled.</param>
     public override Tensor forward(Tensor hidden)
     {
-        using var first = hidden.select(1, 0);
+        using var first = hidden.select(1, 0).to(WeightDtype);
         using var projected = dense.call(first);
         return projected.tanh();
     }

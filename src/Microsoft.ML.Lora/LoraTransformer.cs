@@ -90,16 +90,59 @@ public sealed class LoraTransformer : ITransformer, IDisposable
     }
 
     /// <summary>
-    /// Writes the adapter as a Hugging Face PEFT directory (<c>adapter_config.json</c> + <c>adapter_model.safetensors</c>, the
-    /// classification head as <c>modules_to_save</c>). Module paths are those of Hugging Face's <c>BertForSequenceClassification</c>,
-    /// so PEFT loads it onto the same base model; <see cref="LoraFineTuningOptions.InitialPeftAdapter"/> reads it back.
+    /// Writes the adapter as a Hugging Face PEFT directory: <c>adapter_config.json</c> (<c>task_type</c> SEQ_CLS) and
+    /// <c>adapter_model.safetensors</c> with the classification head as <c>modules_to_save</c> in Hugging Face's form
+    /// (binary: two logits; regression: in label units; exact conversions of ours), plus <c>head_config.json</c>: the
+    /// <c>AutoModelForSequenceClassification.from_pretrained</c> arguments (num_labels, id2label, label2id,
+    /// problem_type), the pooling and whether the export is exactly Hugging Face's model. Module paths are those of
+    /// Hugging Face's <c>BertForSequenceClassification</c>. With <see cref="LoraFineTuningOptions.Pooling"/> =
+    /// <see cref="PoolingMode.Cls"/> on a base with a pooler, PEFT on that base predicts what <see cref="Transform"/> does;
+    /// with mean pooling it cannot (head_config.json says so). <see cref="LoraFineTuningOptions.InitialPeftAdapter"/>
+    /// reads the directory back.
     /// </summary>
-    /// <param name="directory">The directory to write (created if needed).</param>
+    /// <param name="directory">The directory to write (created if needed); files are written whole, then moved into place.</param>
     /// <returns>The directory written.</returns>
     public string SavePeftAdapter(string directory)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(directory);
-        return PeftAdapter.Save(Model.Model, directory);
+        string staging = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar) + ".staging-" + Guid.NewGuid().ToString("N");
+        try
+        {
+            PeftAdapter.Save(Model.Model, staging);
+            var (tensors, metadata) = SafeTensors.Read(Path.Combine(staging, PeftAdapter.WeightsFileName));
+            try
+            {
+                var (weight, bias) = HuggingFaceHead.ToHuggingFace(Task, Model.Settings, tensors[HuggingFaceHead.WeightKey], tensors[HuggingFaceHead.BiasKey]);
+                tensors[HuggingFaceHead.WeightKey].Dispose();
+                tensors[HuggingFaceHead.BiasKey].Dispose();
+                tensors[HuggingFaceHead.WeightKey] = weight;
+                tensors[HuggingFaceHead.BiasKey] = bias;
+                var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(staging, PeftAdapter.ConfigFileName)))!;
+                config["task_type"] = "SEQ_CLS";
+                Directory.CreateDirectory(directory);
+                SafeTensors.Write(Path.Combine(directory, PeftAdapter.WeightsFileName), tensors, metadata);
+                AtomicFile.WriteText(Path.Combine(directory, PeftAdapter.ConfigFileName),
+                    config.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+                AtomicFile.WriteText(Path.Combine(directory, HuggingFaceHead.FileName),
+                    HuggingFaceHead.Describe(Model.Label, Model.Settings, Model.Model.Bert.HasPoolingLayer));
+            }
+            finally
+            {
+                foreach (var tensor in tensors.Values)
+                {
+                    tensor.Dispose();
+                }
+            }
+        }
+        finally
+        {
+            if (Directory.Exists(staging))
+            {
+                Directory.Delete(staging, recursive: true);
+            }
+        }
+
+        return directory;
     }
 
     /// <summary>Lazily adds the prediction columns; one forward pass per <see cref="LoraFineTuningOptions.InferenceBatchSize"/> rows.</summary>

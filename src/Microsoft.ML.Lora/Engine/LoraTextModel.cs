@@ -67,9 +67,10 @@ internal sealed class LoraTextModel : IDisposable
         {
             if (encoderDtype != ScalarType.Float32)
             {
-                // Before injection: LoRA factors created on a half-precision base are float32 (LoraArguments.FactorDtype),
-                // and the head, created below, is float32.
-                loaded.Model.to(encoderDtype);
+                // Autocast's policy: matmuls in the low precision, LayerNorm and the residual stream float32
+                // (BertModel.ToMixedPrecision). Before injection: LoRA factors created on a half-precision base are float32
+                // (LoraArguments.FactorDtype), and the head, created below, is float32.
+                loaded.Model.ToMixedPrecision(encoderDtype);
             }
 
             torch.random.manual_seed(seed);
