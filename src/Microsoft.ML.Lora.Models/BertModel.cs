@@ -1,5 +1,6 @@
 using System.Globalization;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Models;
@@ -23,16 +24,22 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
     /// <param name="config">The hyper-parameters; validated.</param>
     /// <param name="addPoolingLayer">Whether to add the pooler (dense + tanh over the [CLS] token), registered as <c>pooler</c>.</param>
     /// <exception cref="ArgumentException"><paramref name="config"/> is invalid (the message names the field).</exception>
-    public BertModel(BertConfig config, bool addPoolingLayer = false) : base(nameof(BertModel))
+    public BertModel(BertConfig config, bool addPoolingLayer = false) : this(config, addPoolingLayer, device: null)
+    {
+        InitializeWeights();
+    }
+
+    // Builds the module tree with its parameters on `device` (the meta device: shapes only, no memory) and leaves them
+    // uninitialised; ShareWeights then points every parameter at another model's tensors.
+    private BertModel(BertConfig config, bool addPoolingLayer, Device? device) : base(nameof(BertModel))
     {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
         this.config = config.Clone();
-        embeddings = new BertEmbeddings(this.config);
-        encoder = new BertEncoder(this.config);
-        pooler = addPoolingLayer ? new BertPooler(this.config) : null;
+        embeddings = new BertEmbeddings(this.config, device);
+        encoder = new BertEncoder(this.config, device);
+        pooler = addPoolingLayer ? new BertPooler(this.config, device) : null;
         RegisterComponents();
-        InitializeWeights();
     }
 
     /// <summary>The configuration the model was built with (a new copy on each call; changing it does not affect the model).</summary>
@@ -159,6 +166,68 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
         }
 
         return result;
+    }
+
+    /// <summary>
+    /// A new module tree of the same shape whose parameters are frozen aliases of this model's tensors (same storage, no
+    /// copy, <c>requires_grad</c> false), in evaluation mode. Several trees made this way share one copy of the weights;
+    /// each can get its own LoRA adapters and head by injection, which replaces modules in that tree only. A change to
+    /// the values of one tree's base weights (a merge) shows in all of them, so callers that merge give the layers they
+    /// merge into private copies first. Call it on a model without LoRA layers.
+    /// </summary>
+    /// <returns>The new model (dispose it; the shared storage lives until its last alias is disposed).</returns>
+    /// <exception cref="InvalidOperationException">This model has LoRA layers or a parameter kind the tree cannot alias.</exception>
+    internal BertModel ShareWeights()
+    {
+        var source = named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
+        if (source.Keys.Any(IsLoraKey))
+        {
+            throw new InvalidOperationException("ShareWeights needs a base model without LoRA layers.");
+        }
+
+        var shared = new BertModel(config, HasPoolingLayer, torch.META);
+        try
+        {
+            using var noGrad = no_grad();
+            Parameter Alias(string name) => new(source[name].detach(), requires_grad: false);
+            foreach (var (path, module) in shared.named_modules())
+            {
+                string prefix = path.Length == 0 ? string.Empty : path + ".";
+                switch (module)
+                {
+                    case TorchSharp.Modules.Linear linear:
+                        linear.weight = Alias(prefix + "weight");
+                        if (linear.bias is not null)
+                        {
+                            linear.bias = Alias(prefix + "bias");
+                        }
+
+                        break;
+                    case TorchSharp.Modules.Embedding embedding:
+                        embedding.weight = Alias(prefix + "weight");
+                        break;
+                    case TorchSharp.Modules.LayerNorm norm:
+                        norm.weight = Alias(prefix + "weight");
+                        norm.bias = Alias(prefix + "bias");
+                        break;
+                }
+            }
+
+            var left = shared.named_parameters().Where(p => p.parameter.device_type == DeviceType.META).Select(p => p.name).ToList();
+            if (left.Count > 0 || shared.named_buffers().Any())
+            {
+                throw new InvalidOperationException($"ShareWeights cannot alias [{string.Join(", ", left)}].");
+            }
+
+            shared.GradientCheckpointing = false;
+            shared.eval();
+            return shared;
+        }
+        catch
+        {
+            shared.Dispose();
+            throw;
+        }
     }
 
     private static bool IsLoraKey(string name) =>

@@ -23,12 +23,12 @@ internal sealed class BertEmbeddings : Module<Tensor, Tensor, Tensor>
     private readonly LayerNorm LayerNorm;
     private readonly Dropout dropout;
 
-    public BertEmbeddings(BertConfig config) : base("BertEmbeddings")
+    public BertEmbeddings(BertConfig config, Device? device = null) : base("BertEmbeddings")
     {
-        word_embeddings = nn.Embedding(config.VocabSize, config.HiddenSize, padding_idx: config.PadTokenId);
-        position_embeddings = nn.Embedding(config.MaxPositionEmbeddings, config.HiddenSize);
-        token_type_embeddings = nn.Embedding(config.TypeVocabSize, config.HiddenSize);
-        LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps);
+        word_embeddings = nn.Embedding(config.VocabSize, config.HiddenSize, padding_idx: config.PadTokenId, device: device);
+        position_embeddings = nn.Embedding(config.MaxPositionEmbeddings, config.HiddenSize, device: device);
+        token_type_embeddings = nn.Embedding(config.TypeVocabSize, config.HiddenSize, device: device);
+        LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps, device: device);
         dropout = nn.Dropout(config.HiddenDropoutProb);
         RegisterComponents();
     }
@@ -59,14 +59,14 @@ internal sealed class BertSelfAttention : Module<Tensor, Tensor, Tensor>
     /// <summary>The dtype of the query projection's weight (the attention runs in it).</summary>
     public ScalarType MatmulDtype => BertModel.WeightDtype(query);
 
-    public BertSelfAttention(BertConfig config) : base("BertSelfAttention")
+    public BertSelfAttention(BertConfig config, Device? device = null) : base("BertSelfAttention")
     {
         numHeads = config.NumAttentionHeads;
         headSize = config.HeadSize;
         attentionDropout = config.AttentionProbsDropoutProb;
-        query = nn.Linear(config.HiddenSize, config.HiddenSize);
-        key = nn.Linear(config.HiddenSize, config.HiddenSize);
-        value = nn.Linear(config.HiddenSize, config.HiddenSize);
+        query = nn.Linear(config.HiddenSize, config.HiddenSize, device: device);
+        key = nn.Linear(config.HiddenSize, config.HiddenSize, device: device);
+        value = nn.Linear(config.HiddenSize, config.HiddenSize, device: device);
         RegisterComponents();
     }
 
@@ -102,10 +102,10 @@ internal sealed class BertResidualOutput : Module<Tensor, Tensor, Tensor>
     private readonly LayerNorm LayerNorm;
     private readonly Dropout dropout;
 
-    public BertResidualOutput(string name, int inputSize, BertConfig config) : base(name)
+    public BertResidualOutput(string name, int inputSize, BertConfig config, Device? device = null) : base(name)
     {
-        dense = nn.Linear(inputSize, config.HiddenSize);
-        LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps);
+        dense = nn.Linear(inputSize, config.HiddenSize, device: device);
+        LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps, device: device);
         dropout = nn.Dropout(config.HiddenDropoutProb);
         RegisterComponents();
     }
@@ -126,10 +126,10 @@ internal sealed class BertAttention : Module<Tensor, Tensor, Tensor>
 
     public ScalarType MatmulDtype => self.MatmulDtype;
 
-    public BertAttention(BertConfig config) : base("BertAttention")
+    public BertAttention(BertConfig config, Device? device = null) : base("BertAttention")
     {
-        self = new BertSelfAttention(config);
-        output = new BertResidualOutput("BertSelfOutput", config.HiddenSize, config);
+        self = new BertSelfAttention(config, device);
+        output = new BertResidualOutput("BertSelfOutput", config.HiddenSize, config, device);
         RegisterComponents();
     }
 
@@ -145,9 +145,9 @@ internal sealed class BertIntermediate : Module<Tensor, Tensor>
     private Module<Tensor, Tensor> dense;
     private readonly string activation;
 
-    public BertIntermediate(BertConfig config) : base("BertIntermediate")
+    public BertIntermediate(BertConfig config, Device? device = null) : base("BertIntermediate")
     {
-        dense = nn.Linear(config.HiddenSize, config.IntermediateSize);
+        dense = nn.Linear(config.HiddenSize, config.IntermediateSize, device: device);
         activation = config.HiddenAct;
         RegisterComponents();
     }
@@ -175,11 +175,11 @@ internal sealed class BertLayer : Module<Tensor, Tensor, Tensor>
     /// <summary>The dtype of the query projection's weight.</summary>
     public ScalarType MatmulDtype => attention.MatmulDtype;
 
-    public BertLayer(BertConfig config) : base("BertLayer")
+    public BertLayer(BertConfig config, Device? device = null) : base("BertLayer")
     {
-        attention = new BertAttention(config);
-        intermediate = new BertIntermediate(config);
-        output = new BertResidualOutput("BertOutput", config.IntermediateSize, config);
+        attention = new BertAttention(config, device);
+        intermediate = new BertIntermediate(config, device);
+        output = new BertResidualOutput("BertOutput", config.IntermediateSize, config, device);
         RegisterComponents();
     }
 
@@ -196,9 +196,9 @@ internal sealed class BertEncoder : Module<Tensor, Tensor, Tensor>
 {
     private readonly ModuleList<BertLayer> layer;
 
-    public BertEncoder(BertConfig config) : base("BertEncoder")
+    public BertEncoder(BertConfig config, Device? device = null) : base("BertEncoder")
     {
-        layer = new ModuleList<BertLayer>(Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new BertLayer(config)).ToArray());
+        layer = new ModuleList<BertLayer>(Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new BertLayer(config, device)).ToArray());
         RegisterComponents();
     }
 
@@ -233,9 +233,9 @@ internal sealed class BertPooler : Module<Tensor, Tensor>
 {
     private Module<Tensor, Tensor> dense;
 
-    public BertPooler(BertConfig config) : base("BertPooler")
+    public BertPooler(BertConfig config, Device? device = null) : base("BertPooler")
     {
-        dense = nn.Linear(config.HiddenSize, config.HiddenSize);
+        dense = nn.Linear(config.HiddenSize, config.HiddenSize, device: device);
         RegisterComponents();
     }
 

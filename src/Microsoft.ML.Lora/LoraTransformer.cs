@@ -16,21 +16,29 @@ namespace Microsoft.ML.Lora;
 /// <remarks>
 /// <c>mlContext.Model.Save</c> writes the options, the label's key values, the base-model reference (kind, location,
 /// weights SHA-256), the requested <see cref="LoraPrecision"/> and only the LoRA and head tensors (float32);
-/// <c>mlContext.Model.Load</c> rebuilds the model from the base
-/// model on this machine and checks its fingerprint. The embedded MiniLM is found wherever the package is installed; a
-/// Hugging Face folder or ONNX file is looked up at the recorded absolute path, or at the path in the environment variable
-/// <c>MICROSOFT_ML_LORA_BASE_MODEL</c> when the base model has moved (a folder, or an .onnx file with vocab.txt beside it).
+/// <c>mlContext.Model.Load</c> rebuilds the model on the base with the recorded weights SHA-256, found by content
+/// (see <see cref="LoraBaseModels"/>): the embedded MiniLM wherever the package is installed, a base already loaded in
+/// this process, the path in the environment variable <c>MICROSOFT_ML_LORA_BASE_MODEL</c>, registered bases and search
+/// directories, then the recorded location. Models on the same base share one copy of its weights in memory and run
+/// LoRA unmerged on it (see <see cref="LoraBaseModels.PrivateMergedCopies"/>).
 /// <para>
-/// Lifetime: <see cref="Dispose"/> releases native memory promptly. ML.NET's <c>PredictionEngine</c> disposes the
-/// transformer it was created from when it is disposed (unless created with <c>OwnsTransformer = false</c>), which would
-/// break other engines sharing the model (as in a pool). So each row mapper handed out (one per engine) takes a reference,
-/// each <see cref="Dispose"/> call releases one, and the weights are freed when the last reference is released.
+/// Lifetime: <see cref="Dispose"/> is idempotent: the owner's first call ends the transformer (then <see cref="Transform"/>
+/// and new prediction engines throw <see cref="ObjectDisposedException"/>), later calls do nothing. Prediction engines made
+/// earlier and cursors still open keep working: each holds its own reference on the model, and the native memory (and this
+/// model's lease on its shared base) is freed when the last one is gone. ML.NET's <c>PredictionEngine</c> calls
+/// <see cref="Dispose"/> on the transformer when the engine is disposed (unless created with <c>OwnsTransformer = false</c>);
+/// such a call releases that engine's reference only, so disposing one engine of a pool never breaks the others nor the owner.
+/// (ML.NET tells the transformer which caller it is by nothing but the call stack, which is what is looked at.) An engine
+/// created with <c>OwnsTransformer = false</c> never reports that it is done, so its reference, and the model, stay until
+/// the process ends.
 /// </para>
 /// </remarks>
 public sealed class LoraTransformer : ITransformer, IDisposable
 {
     private readonly Lock gate = new();
-    private int references = 1;
+    private int references = 1;     // the owner's, the engines' and the open cursors'
+    private int engineReferences;   // taken by GetRowToRowMapper, released by an engine's Dispose call
+    private bool ownerDisposed;
 
     internal LoraTransformer(LoraTextModel model, ColumnNames columns, int inferenceBatchSize)
     {
@@ -82,8 +90,9 @@ public sealed class LoraTransformer : ITransformer, IDisposable
         var mapper = new LoraRowMapper(this, inputSchema);
         lock (gate)
         {
-            ObjectDisposedException.ThrowIf(references == 0, this);
+            ObjectDisposedException.ThrowIf(ownerDisposed, this);
             references++;
+            engineReferences++;
         }
 
         return mapper;
@@ -146,22 +155,74 @@ public sealed class LoraTransformer : ITransformer, IDisposable
     }
 
     /// <summary>Lazily adds the prediction columns; one forward pass per <see cref="LoraFineTuningOptions.InferenceBatchSize"/> rows.</summary>
+    /// <exception cref="ObjectDisposedException">The transformer was disposed.</exception>
     public IDataView Transform(IDataView input)
     {
         ArgumentNullException.ThrowIfNull(input);
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(ownerDisposed, this);
+        }
+
         return new LoraDataView(input, this);
     }
+
+    /// <summary>True once the native memory is freed (no owner, engine or cursor holds the model any more).</summary>
+    internal bool IsReleased
+    {
+        get
+        {
+            lock (gate)
+            {
+                return references == 0;
+            }
+        }
+    }
+
+    /// <summary>Takes a reference for a cursor that computes predictions.</summary>
+    /// <exception cref="ObjectDisposedException">The transformer was disposed.</exception>
+    internal void AddReference()
+    {
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(ownerDisposed || references == 0, this);
+            references++;
+        }
+    }
+
+    /// <summary>Releases a reference taken by <see cref="AddReference"/>.</summary>
+    internal void ReleaseReference() => Release(fromEngine: false, cursor: true);
 
     void ICanSaveModel.Save(ModelSaveContext ctx) => LoraModelFile.Save(this, ctx);
 
     /// <summary>
-    /// Releases one reference (see the remarks); the last one frees the native memory of the model, after which predictions
-    /// throw <see cref="ObjectDisposedException"/>.
+    /// Ends the transformer: the first call by its owner releases the owner's reference; later calls do nothing. A call
+    /// made by a <c>PredictionEngine</c> being disposed releases that engine's reference instead. The native memory is
+    /// freed when the owner, every engine and every open cursor have let go (see the remarks).
     /// </summary>
-    public void Dispose()
+    public void Dispose() => Release(fromEngine: engineReferences > 0 && CalledByPredictionEngine(), cursor: false);
+
+    private void Release(bool fromEngine, bool cursor)
     {
         lock (gate)
         {
+            if (cursor)
+            {
+                // A cursor's reference.
+            }
+            else if (fromEngine && engineReferences > 0)
+            {
+                engineReferences--;
+            }
+            else if (!ownerDisposed)
+            {
+                ownerDisposed = true;
+            }
+            else
+            {
+                return;
+            }
+
             if (references == 0 || --references > 0)
             {
                 return;
@@ -169,5 +230,24 @@ public sealed class LoraTransformer : ITransformer, IDisposable
         }
 
         Model.Dispose();
+    }
+
+    /// <summary>
+    /// Whether this call comes from ML.NET's <c>PredictionEngine</c> disposing itself (directly, or through a
+    /// <c>TransformerChain</c> it owns). ML.NET gives the transformer no other sign of which engine lets go.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static bool CalledByPredictionEngine()
+    {
+        foreach (var frame in new System.Diagnostics.StackTrace(fNeedFileInfo: false).GetFrames())
+        {
+            var type = frame.GetMethod()?.DeclaringType;
+            if (type is { Namespace: "Microsoft.ML" } && type.Name.StartsWith("PredictionEngineBase`", StringComparison.Ordinal))
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 }

@@ -86,8 +86,8 @@ public sealed class MixedPrecisionTests
         Assert.AreEqual(ScalarType.Float32, fp32.Model.EncoderDtype);
         Assert.IsTrue(fp32.Model.Model.parameters().All(p => p.dtype == ScalarType.Float32), "Float32: every parameter float32");
 
-        // For inference the float32 CPU model merges ΔW into the base; the bfloat16 one keeps the branches.
-        Assert.IsTrue(fp32.Model.Model.modules().OfType<ILoraLayer>().All(l => l.merged), "float32 on the CPU: merged");
+        // Both run LoRA unmerged on a shared base (LoraBaseModels.PrivateMergedCopies is off by default; bfloat16 never merges).
+        Assert.IsTrue(fp32.Model.Model.modules().OfType<ILoraLayer>().All(l => !l.merged), "float32 on the CPU: unmerged on the shared base");
         Assert.IsTrue(model.Model.modules().OfType<ILoraLayer>().All(l => !l.merged), "bfloat16: not merged");
     }
 
@@ -101,7 +101,7 @@ public sealed class MixedPrecisionTests
         var label = LabelInfo.Create(LoraTaskKind.BinaryClassification, 2, null, null);
         var settings = new AdapterSettings(options.Rank, options.Alpha, options.Dropout, options.TargetModules.ToList(), false,
             options.Pooling, options.MaxSequenceLength, 0f, 1f);
-        using var model = LoraTextModel.Create(baseModel, CPU, options.Precision, label, settings, seed: 9);
+        using var model = LoraTextModel.Create(baseModel, CPU, options.Precision, label, settings, seed: 9, mergedCopy: false);
         var training = new TrainingData(data, "Text", null, "Label", LoraTaskKind.BinaryClassification);
         using var channel = env.Register("test").Start("test");
         var trainer = new LoraTrainer(env, channel, options, model, training, null, seed: 9);
@@ -303,7 +303,7 @@ public sealed class MixedPrecisionTests
     {
         var label = LabelInfo.Create(LoraTaskKind.BinaryClassification, 2, null, null);
         var settings = new AdapterSettings(4, 8, 0, ["query", "value"], false, PoolingMode.Mean, 16, 0f, 1f);
-        using var model = LoraTextModel.Create(baseModel, CPU, LoraPrecision.BFloat16, label, settings, seed: 3);
+        using var model = LoraTextModel.Create(baseModel, CPU, LoraPrecision.BFloat16, label, settings, seed: 3, mergedCopy: false);
         using (no_grad())
         {
             foreach (var (name, p) in model.Model.named_parameters().Where(p => p.name.EndsWith(".lora_B", StringComparison.Ordinal)))

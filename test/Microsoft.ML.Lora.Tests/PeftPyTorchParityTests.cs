@@ -90,11 +90,11 @@ public sealed class PeftPyTorchParityTests
         return path;
     }
 
-    private static float[] RunReference(string command, string adapter, string inputs)
+    private static float[] RunReference(string command, string adapter, string inputs, string? baseDirectory = null, string precision = "float64")
     {
         string output = Path.Combine(Path.GetDirectoryName(inputs)!, "scores.safetensors");
         var (exit, stdout, stderr) = PyTorchReference.Run(PyTorchReference.FindInRepository(Script),
-            [command, Path.Combine(root, "base"), adapter, inputs, output], TimeSpan.FromMinutes(5));
+            [command, baseDirectory ?? Path.Combine(root, "base"), adapter, inputs, output, precision], TimeSpan.FromMinutes(5));
         Assert.AreEqual(0, exit, $"{Script} {command} failed:\n{stdout}\n{stderr}");
         var (tensors, _) = SafeTensors.Read(output);
         return tensors["scores"].contiguous().data<float>().ToArray();
@@ -168,6 +168,49 @@ public sealed class PeftPyTorchParityTests
         {
             (model as IDisposable)?.Dispose();
         }
+    }
+
+    /// <summary>
+    /// The bar on the real encoder: all-MiniLM-L6-v2 (which has a pooler) fine-tuned briefly with Hugging Face's head
+    /// (CLS + pooler, one logit per class), exported as PEFT and scored by the reference on the sample's held-out split
+    /// (seeded 80/20, 603 sentences). Agreement, not quality, is under test: 128 sentences, 2 epochs.
+    /// </summary>
+    [TestMethod]
+    public void SavePeftAdapter_MiniLmSentimentTestSplit_PyTorchReferenceScoresAsTransform()
+    {
+        var ml = new MLContext(seed: 42);
+        var data = ml.Data.LoadFromTextFile(Path.Combine(AppContext.BaseDirectory, "TestData", "sentiment.tsv"),
+            [new TextLoader.Column("Text", DataKind.String, 0), new TextLoader.Column("Label", DataKind.String, 1)],
+            separatorChar: '\t', hasHeader: true, allowQuoting: false);
+        var split = ml.Data.TrainTestSplit(data, testFraction: 0.2, seed: 42);
+        var toKey = ml.Transforms.Conversion.MapValueToKey("Label").Fit(split.TrainSet);
+        var options = new LoraFineTuningOptions
+        {
+            BaseModel = PretrainedModel.MiniLmL6V2,
+            Pooling = PoolingMode.Cls,
+            BatchSize = 32,
+            MaxEpochs = 2,
+            LearningRate = 3e-3,
+            MaxSequenceLength = 64,
+        };
+        using var model = ml.Transforms.LoraFineTune(options).Fit(toKey.Transform(ml.Data.TakeRows(split.TrainSet, 128)));
+        string dir = Path.Combine(root, "minilm");
+        string baseDirectory = Path.Combine(dir, "base");
+        model.Model.Model.Bert.SaveHuggingFace(baseDirectory);   // the reference reads safetensors
+        model.SavePeftAdapter(Path.Combine(dir, "adapter"));
+        var test = toKey.Transform(split.TestSet);
+        var texts = test.GetColumn<string>("Text").ToList();
+        Assert.HasCount(603, texts);
+        float[] ours = model.Transform(test).GetColumn<VBuffer<float>>("Score").SelectMany(v => v.DenseValues()).ToArray();
+
+        var (ids, mask, types) = model.Model.Tokenizer.Encode(texts, null, options.MaxSequenceLength).ToTensors(CPU);
+        string inputs = Path.Combine(dir, "inputs.safetensors");
+        SafeTensors.Write(inputs, new Dictionary<string, Tensor> { ["input_ids"] = ids, ["attention_mask"] = mask, ["token_type_ids"] = types }, null);
+        // float32 in the reference too: 603 rows of MiniLM in float64 take minutes on 2 cores.
+        float[] reference = RunReference("score", Path.Combine(dir, "adapter"), inputs, baseDirectory, "float32");
+
+        AssertClose(ours, reference, "MiniLM sentiment test split");
+        Assert.IsTrue(File.ReadAllText(Path.Combine(dir, "adapter", "head_config.json")).Contains("\"huggingface_compatible\": true", StringComparison.Ordinal));
     }
 
     [TestMethod]

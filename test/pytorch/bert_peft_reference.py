@@ -2,11 +2,13 @@
 """An independent PyTorch reference of Hugging Face's BertForSequenceClassification + PEFT LoRA, written from the
 papers and Hugging Face's documented semantics (no transformers/peft/safetensors packages: PyPI is not reachable).
 
-  score  BASE_DIR ADAPTER_DIR INPUTS OUT   Scores INPUTS (input_ids, attention_mask, token_type_ids) with the base
+  score  BASE_DIR ADAPTER_DIR INPUTS OUT [float64|float32]
+                                           Scores INPUTS (input_ids, attention_mask, token_type_ids) with the base
                                            (config.json + model.safetensors) and the PEFT adapter folder
                                            (adapter_config.json, adapter_model.safetensors, head_config.json);
                                            writes {"scores"} to OUT (safetensors).
-  train  BASE_DIR ADAPTER_DIR INPUTS OUT   Trains a LoRA adapter (query/value, r=4, alpha=8) and a head for a few AdamW
+  train  BASE_DIR ADAPTER_DIR INPUTS OUT [float32]
+                                           Trains a LoRA adapter (query/value, r=4, alpha=8) and a head for a few AdamW
                                            steps on INPUTS (+ labels, task in its metadata), saves it as a PEFT folder
                                            with Hugging Face's head, and writes its own scores on INPUTS to OUT.
 Scores: multiclass = softmax probabilities; binary = logit difference z1 - z0 (the logit of P(True));
@@ -155,15 +157,15 @@ class Reference:
         return torch.softmax(logits, dim=-1)
 
 
-def score(base_dir, adapter_dir, inputs_path, out_path):
+def score(base_dir, adapter_dir, inputs_path, out_path, precision="float64"):
     inputs, _ = read_safetensors(inputs_path)
-    model = Reference(base_dir, adapter_dir)
+    model = Reference(base_dir, adapter_dir, dtype=torch.float64 if precision == "float64" else torch.float32)
     with torch.no_grad():
         scores = model.scores(model.logits(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]))
     write_safetensors(out_path, {"scores": scores.to(torch.float32)})
 
 
-def train(base_dir, adapter_dir, inputs_path, out_path):
+def train(base_dir, adapter_dir, inputs_path, out_path, precision="float32"):
     import os
     inputs, meta = read_safetensors(inputs_path)
     task = meta["task"]
