@@ -289,6 +289,7 @@ public static partial class lora
                 }
 
                 plain = PlainModule(layer);
+                layer.ForgetMergeState(); // the plain module owns the (merged) weight; drop the copy of W at once
             };
             if (path.Length == 0)
             {

@@ -179,4 +179,61 @@ public sealed class ConvTests
         Assert.AreEqual(LoraConvFactorization.Peft, layer.factorization);
         CollectionAssert.AreEqual(new long[] { 2, 2, 3, 3 }, layer.lora_A!.shape);
     }
+
+    [TestMethod]
+    public void LoadLoralibStateDict_ModelWithLoralibConv_FoldsDuplicatedConvKeysAndLoadsStrict()
+    {
+        torch.manual_seed(57);
+        using var scope = NewDisposeScope();
+        var source = nn.Sequential(("features", lora.Conv2d(2, 4, 3, r: 2, lora_alpha: 2, padding: 1)));
+        var conv = (Modules.Conv2d)source.named_modules().Single(m => m.name == "features").module;
+        Randomize(conv.lora_B);
+        // What loralib's model.state_dict() holds: our keys plus features.conv.weight/bias (the same tensors).
+        var loralib = source.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
+        loralib["features.conv.weight"] = loralib["features.weight"].clone();
+        loralib["features.conv.bias"] = loralib["features.bias"].clone();
+
+        var target = nn.Sequential(("features", lora.Conv2d(2, 4, 3, r: 2, lora_alpha: 2, padding: 1)));
+        var (missing, unexpected) = lora.load_loralib_state_dict(target, loralib);
+        Assert.AreEqual(0, missing.Count + unexpected.Count);
+        var x = randn(1, 2, 5, 5);
+        AssertExactlyEqual(target.forward(x), source.forward(x), "loaded model");
+    }
+
+    [TestMethod]
+    public void PeftAdapterSave_LoralibFactorisedConv_ThrowsNamingTheLayerAndFactorisation()
+    {
+        using var scope = NewDisposeScope();
+        var model = nn.Sequential(("c", lora.Conv2d(2, 4, 3, r: 2)));
+        var dir = PeftFiles.TempDir();
+        try
+        {
+            var e = Assert.ThrowsExactly<ArgumentException>(() => PeftAdapter.Save(model, dir));
+            StringAssert.Contains(e.Message, "'c'");
+            StringAssert.Contains(e.Message, "loralib's factorisation");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [TestMethod]
+    public void LoralibStateDict_ModelWithLoralibConv_AddsConvDuplicatesAndRoundTrips()
+    {
+        torch.manual_seed(58);
+        using var scope = NewDisposeScope();
+        var source = nn.Sequential(("features", lora.Conv2d(2, 4, 3, r: 2, lora_alpha: 2, padding: 1)), ("head", lora.Linear(4, 3, r: 1)));
+        var state = lora.loralib_state_dict(source);
+        CollectionAssert.AreEquivalent(
+            new[] { "features.weight", "features.bias", "features.lora_A", "features.lora_B", "features.conv.weight", "features.conv.bias",
+                "head.weight", "head.bias", "head.lora_A", "head.lora_B" },
+            state.Keys.ToArray());
+        Assert.AreSame(state["features.weight"], state["features.conv.weight"], "the same tensor, as in loralib");
+
+        var target = nn.Sequential(("features", lora.Conv2d(2, 4, 3, r: 2, lora_alpha: 2, padding: 1)), ("head", lora.Linear(4, 3, r: 1)));
+        var (missing, unexpected) = lora.load_loralib_state_dict(target, state);
+        Assert.AreEqual(0, missing.Count + unexpected.Count);
+        AssertExactlyEqual(target.state_dict()["features.weight"], source.state_dict()["features.weight"], "weight");
+    }
 }

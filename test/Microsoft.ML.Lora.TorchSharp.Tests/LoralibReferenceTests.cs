@@ -59,6 +59,25 @@ public sealed class LoralibReferenceTests
             {
                 Assert.IsTrue(line.Split(' ')[3] == "OK", line);
             }
+
+            // lora.loralib_state_dict loads strictly into loralib's own module layout wherever loralib can build the layer.
+            var loads = stdout.Split('\n').Where(l => l.StartsWith("LOAD ", StringComparison.Ordinal)).ToList();
+            Assert.AreEqual(cases.Count(c => (string)c["kind"] == "ConvLoralib"), loads.Count, stdout);
+            foreach (var line in loads)
+            {
+                var status = line.Split(' ')[2];
+                Assert.IsTrue(status is "OK" or "SKIPPED", line);
+                if (status == "OK")
+                {
+                    var rel = double.Parse(line[(line.IndexOf("max_rel=", StringComparison.Ordinal) + 8)..].Trim(), CultureInfo.InvariantCulture);
+                    Assert.IsTrue(rel <= Tolerance, line);
+                }
+            }
+
+            if (family == "Conv2d")
+            {
+                Assert.IsTrue(loads.All(l => l.Split(' ')[2] == "OK"), "every 2-D case loads into loralib's layout");
+            }
         }
         finally
         {
@@ -119,6 +138,16 @@ public sealed class LoralibReferenceTests
             info["has_bias"] = layer.bias is not null;
             info["lora_state_dict"] = new[] { "none", "lora_only", "all" }
                 .ToDictionary(m => m, m => lora.lora_state_dict(layer, m).Keys.ToArray());
+            if (layer is Modules.LoraConvNd conv)
+            {
+                info["in_channels"] = conv.in_channels;
+                info["out_channels"] = conv.out_channels;
+                info["kernel_size"] = conv.kernel_size[0];
+                foreach (var (key, value) in lora.loralib_state_dict(layer))
+                {
+                    Add(tensors, name, "loralib." + key, value);
+                }
+            }
             cases.Add(info);
         }
 

@@ -10,6 +10,9 @@ the gradients of loss = sum(y * grad_out) with respect to lora_A, lora_B and x, 
     RESULT <case> <quantity> max_abs=<a> max_rel=<r>      (max_rel = max|dotnet - ref| / max|ref|)
 and, per bias mode, whether loralib's lora_state_dict key set equals the .NET one:
     KEYS <case> <mode> OK|MISMATCH loralib=[...] dotnet=[...]
+and, for convolutions, whether the .NET lora.loralib_state_dict loads with strict=True into a module built the way
+loralib's ConvLoRA is (inner conv's tensors registered twice), and what that module then computes:
+    LOAD <case> OK max_rel=<r> | LOAD <case> SKIPPED <why> | LOAD <case> FAILED <error>
 Exit code 0 when every line could be computed (the .NET test judges the tolerances), 2 on bad input.
 Needs only python3 and torch (no safetensors, no loralib).
 """
@@ -20,6 +23,7 @@ import struct
 import sys
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 DTYPES = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64}
@@ -143,6 +147,44 @@ def loralib_lora_state_dict_keys(keys, bias):
     return result
 
 
+def loralib_conv_module(c):
+    """A module laid out as loralib's ConvLoRA: self.conv, its tensors also registered as weight/bias, lora_A/lora_B."""
+    k = c["kernel_size"]
+    conv_type = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[c["dims"]]
+    m = nn.Module()
+    m.conv = conv_type(c["in_channels"], c["out_channels"], k, stride=c["stride"], padding=c["padding"],
+                       dilation=c["dilation"], groups=c["groups"], bias=c["has_bias"])
+    for name, p in m.conv.named_parameters():
+        m.register_parameter(name, p)
+    r = c["r"]
+    m.lora_A = nn.Parameter(m.conv.weight.new_zeros((r * k, c["in_channels"] * k)))
+    m.lora_B = nn.Parameter(m.conv.weight.new_zeros((c["out_channels"] // c["groups"] * k, r * k)))
+    return m.double()
+
+
+def check_loralib_load(c, t, x, expected_y):
+    name = c["name"]
+    prefix = f"{name}.loralib."
+    state = {k[len(prefix):]: v.double() for k, v in t.items() if k.startswith(prefix)}
+    k = c["kernel_size"]
+    if tuple(state["lora_A"].shape) != (c["r"] * k, c["in_channels"] * k):
+        print(f"LOAD {name} SKIPPED loralib's [r*k, in*k] layout cannot build this kernel (loralib #115)")
+        return
+    m = loralib_conv_module(c)
+    try:
+        m.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        print(f"LOAD {name} FAILED {str(e).splitlines()[0]}")
+        return
+    s = c["alpha"] / c["r"]
+    with torch.no_grad():
+        kernel = m.conv.weight + (m.lora_B @ m.lora_A).view(m.conv.weight.shape) * s
+        y = conv(c["dims"])(x, kernel, m.conv.bias, c["stride"], c["padding"], c["dilation"], c["groups"])
+    diff = (y - expected_y).abs().max().item()
+    rel = diff / max(expected_y.abs().max().item(), 1e-30)
+    print(f"LOAD {name} OK max_rel={rel:.3e}")
+
+
 def report(case, quantity, actual, expected):
     diff = (actual.double() - expected.double()).abs().max().item() if expected.numel() else 0.0
     scale = expected.double().abs().max().item() if expected.numel() else 0.0
@@ -181,6 +223,9 @@ def main():
         with torch.no_grad():
             y_merged = forward(c, w, b, A.detach(), B.detach(), x.detach(), merged=True)
         report(name, "y_merged", get("y_merged"), y_merged)
+
+        if c["kind"] == "ConvLoralib":
+            check_loralib_load(c, t, x.detach(), get("y").double())  # against the .NET output
 
         if c["kind"] != "ConvPeft":
             for mode in ("none", "lora_only", "all"):

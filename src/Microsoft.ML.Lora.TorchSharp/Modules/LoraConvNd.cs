@@ -106,6 +106,28 @@ public abstract class LoraConvNd : LoraLayer
         return Convolve(down, b, null, ones, new long[dims], ones);
     }
 
+    /// <summary>
+    /// loralib's factorisation without dropout: one convolution with the kernel W + Σ scaling·(B·A).view(W.shape), as loralib
+    /// computes it (ΔW is as large as W, so this costs one convolution instead of two). Not used for a half-precision base
+    /// (the factors stay float32) or the PEFT factorisation.
+    /// </summary>
+    private protected override Tensor? FusedForward(Tensor input, IReadOnlyList<(Tensor a, Tensor b, double scaling)> adapters)
+    {
+        if (factorization != LoraConvFactorization.Loralib || adapters.Any(f => f.a.dtype != weight.dtype) || input.dtype != weight.dtype)
+        {
+            return null;
+        }
+
+        using var scope = torch.NewDisposeScope();
+        var kernel = weight.alias();
+        foreach (var (a, b, scaling) in adapters)
+        {
+            kernel = kernel.add(b.matmul(a).view(weight.shape), alpha: scaling);
+        }
+
+        return Convolve(input, kernel, bias, stride, padding, dilation).MoveToOuterDisposeScope();
+    }
+
     private protected override void CheckRank(int r)
     {
         if (factorization == LoraConvFactorization.Peft && r % groups != 0)

@@ -320,6 +320,16 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
             return MixedForward(input, _rowAdapters);
         }
 
+        var pending = _active.Select(Find).Where(slot => slot is not null && slot.Merged is null).ToList();
+        if (pending.Count > 0 && pending.All(slot => slot!.Dropout == 0 || !training))
+        {
+            var fused = FusedForward(input, pending.Select(slot => ((Tensor)Factors(slot!).a, (Tensor)Factors(slot!).b, slot!.Scaling)).ToList());
+            if (fused is not null)
+            {
+                return fused;
+            }
+        }
+
         var result = BaseForward(input);
         foreach (var name in _active)
         {
@@ -364,6 +374,14 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     /// Computes scaling·ΔW in float32 with the shape and layout of <c>weight</c>, from float32 copies of the factors.
     /// </summary>
     private protected abstract Tensor DeltaWeight(Tensor a, Tensor b, int r, double scaling);
+
+    /// <summary>
+    /// The whole output in one operation when the layer kind can fold the unmerged active adapters (no dropout on their
+    /// input) into its kernel, or null to use base output plus adapter branches.
+    /// </summary>
+    /// <param name="input">The layer input.</param>
+    /// <param name="adapters">Factors and scaling of each active adapter not merged into <c>weight</c>.</param>
+    private protected virtual Tensor? FusedForward(Tensor input, IReadOnlyList<(Tensor a, Tensor b, double scaling)> adapters) => null;
 
     /// <summary>Throws if an adapter of rank <paramref name="r"/> cannot be added to this layer.</summary>
     /// <param name="r">The rank.</param>
@@ -546,6 +564,21 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
             slot.Merged = SnapshotFactors(slot);
             AddDelta(slot.Merged[0], slot.Merged[1], slot, 1.0);
         }
+    }
+
+    /// <summary>
+    /// Forgets the merge bookkeeping (the copy of W and the merged factors) without touching <c>weight</c>: used when the
+    /// merged weight is handed to a plain module and this layer is discarded.
+    /// </summary>
+    internal void ForgetMergeState()
+    {
+        foreach (var slot in _adapters)
+        {
+            DisposeMerged(slot);
+        }
+
+        _mergedBase?.Weight.Dispose();
+        _mergedBase = null;
     }
 
     /// <inheritdoc/>
