@@ -12,8 +12,7 @@ version="0.0.0-consumer.$(date +%s)"
 
 echo "== pack $version"
 for project in Microsoft.ML.Lora.TorchSharp Microsoft.ML.Lora.Models Microsoft.ML.Lora; do
-  dotnet pack "$repo/src/$project/$project.csproj" -c Release -o "$work/feed" -p:Version="$version" --nologo -v quiet \
-    | grep -v "warning NU1603" || true
+  dotnet pack "$repo/src/$project/$project.csproj" -c Release -o "$work/feed" -p:Version="$version" --nologo -v quiet
   ls "$work/feed/$project.$version.nupkg" > /dev/null
 done
 
@@ -37,7 +36,6 @@ cat > "$app/ConsumerApp.csproj" <<XML
     <Nullable>enable</Nullable>
     <ImplicitUsings>enable</ImplicitUsings>
     <TreatWarningsAsErrors>true</TreatWarningsAsErrors>
-    <WarningsNotAsErrors>NU1603</WarningsNotAsErrors>
   </PropertyGroup>
   <ItemGroup>
     <PackageReference Include="Microsoft.ML.Lora" Version="$version" />

@@ -150,7 +150,7 @@ public sealed class BertConfig
     public void Save(string path)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
-        AtomicFile.WriteAllText(path, ToJson());
+        AtomicFile.WriteText(path, ToJson());
     }
 
     /// <summary>Creates an independent copy of this configuration.</summary>

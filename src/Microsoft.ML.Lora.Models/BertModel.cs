@@ -145,7 +145,8 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
         ArgumentException.ThrowIfNullOrEmpty(directory);
         Directory.CreateDirectory(directory);
         var tensors = BaseStateDict();
-        SafetensorsWriter.Save(Path.Combine(directory, HuggingFaceFolder.WeightsFileName), tensors);
+        SafeTensors.Write(
+            Path.Combine(directory, HuggingFaceFolder.WeightsFileName), tensors, HuggingFaceFolder.SafetensorsMetadata, ScalarType.Float32);
         config.Save(Path.Combine(directory, HuggingFaceFolder.ConfigFileName));
     }
 

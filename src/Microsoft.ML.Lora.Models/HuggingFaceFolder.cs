@@ -15,6 +15,9 @@ internal static class HuggingFaceFolder
     public const string TokenizerConfigFileName = "tokenizer_config.json";
     public const string TokenizerJsonFileName = "tokenizer.json";
 
+    /// <summary>The <c>__metadata__</c> that PyTorch's <c>safetensors.torch.save_file</c> writes, and Hugging Face expects.</summary>
+    public static readonly IReadOnlyDictionary<string, string> SafetensorsMetadata = new Dictionary<string, string> { ["format"] = "pt" };
+
     /// <summary>
     /// The tokenizer of a folder: vocab.txt with tokenizer_config.json's settings, or else the WordPiece vocabulary and
     /// BertNormalizer settings of a fast-tokenizer tokenizer.json.
@@ -139,7 +142,7 @@ internal static class HuggingFaceFolder
     {
         try
         {
-            return Safetensors.LoadStateDict(path);
+            return SafeTensors.Read(path).tensors;
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {

@@ -43,7 +43,7 @@ public sealed class LoadedPretrainedModel : IDisposable
     {
         ArgumentException.ThrowIfNullOrEmpty(directory);
         Model.SaveHuggingFace(directory);
-        AtomicFile.WriteAllText(Path.Combine(directory, HuggingFaceFolder.VocabFileName), Tokenizer.VocabularyText);
+        AtomicFile.WriteText(Path.Combine(directory, HuggingFaceFolder.VocabFileName), Tokenizer.VocabularyText);
         var tokenizerConfig = new Dictionary<string, object>
         {
             ["tokenizer_class"] = "BertTokenizer",
@@ -51,7 +51,7 @@ public sealed class LoadedPretrainedModel : IDisposable
             ["strip_accents"] = Tokenizer.StripAccents,
             ["model_max_length"] = Model.Config.MaxPositionEmbeddings,
         };
-        AtomicFile.WriteAllText(
+        AtomicFile.WriteText(
             Path.Combine(directory, HuggingFaceFolder.TokenizerConfigFileName),
             JsonSerializer.Serialize(tokenizerConfig, Indented));
     }

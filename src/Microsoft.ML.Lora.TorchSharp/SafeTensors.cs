@@ -9,6 +9,10 @@ namespace Microsoft.ML.Lora;
 /// <summary>
 /// The safetensors format: an 8-byte little-endian header length N, N bytes of JSON (name → dtype, shape,
 /// data_offsets relative to the data section; optional <c>__metadata__</c> string map), then the raw little-endian data.
+/// The one reader and writer of the three packages: PEFT adapters (<see cref="PeftAdapter"/>), and in
+/// Microsoft.ML.Lora.Models the Hugging Face folders' <c>model.safetensors</c> (sharded too) and their export.
+/// Files are written as Hugging Face's <c>safetensors</c> library writes them: keys in ordinal order, the header padded
+/// with spaces to a multiple of 8 bytes.
 /// </summary>
 internal static class SafeTensors
 {
@@ -27,8 +31,19 @@ internal static class SafeTensors
     };
 
     /// <summary>Writes <paramref name="tensors"/> (sorted by name) to a temporary file next to <paramref name="path"/>, then moves it there.</summary>
-    internal static void Write(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata)
+    internal static void Write(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata) =>
+        WriteCore(path, tensors, metadata, convertTo: null);
+
+    /// <summary>
+    /// Writes <paramref name="tensors"/> as <see cref="Write(string, IReadOnlyDictionary{string, Tensor}, IReadOnlyDictionary{string, string}?)"/>
+    /// does, each converted to <paramref name="dtype"/> first (the tensors themselves are left as they are).
+    /// </summary>
+    internal static void Write(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata, ScalarType dtype) =>
+        WriteCore(path, tensors, metadata, convertTo: dtype);
+
+    private static void WriteCore(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata, ScalarType? convertTo)
     {
+        RequireLittleEndian();
         var names = tensors.Keys.OrderBy(k => k, StringComparer.Ordinal).ToList();
         var header = new JsonObject();
         if (metadata is not null)
@@ -47,15 +62,22 @@ internal static class SafeTensors
         foreach (var name in names)
         {
             var t = tensors[name];
-            if (!Types.TryGetValue(t.dtype, out var type))
+            var dtype = convertTo ?? t.dtype;
+            if (!Types.TryGetValue(dtype, out var type))
             {
-                throw new ArgumentException($"Tensor '{name}' has dtype {t.dtype}, which safetensors cannot store here.", nameof(tensors));
+                throw new ArgumentException($"Tensor '{name}' has dtype {dtype}, which safetensors cannot store here.", nameof(tensors));
             }
 
             byte[] bytes;
             using (var scope = NewDisposeScope())
             {
-                bytes = t.detach().cpu().contiguous().bytes.ToArray();
+                var stored = t.detach();
+                if (stored.dtype != dtype)
+                {
+                    stored = stored.to_type(dtype);
+                }
+
+                bytes = stored.cpu().contiguous().bytes.ToArray();
             }
 
             blobs.Add(bytes);
@@ -94,25 +116,37 @@ internal static class SafeTensors
     }
 
     /// <summary>Reads every tensor of a safetensors file (CPU tensors owned by the caller) and its metadata.</summary>
+    /// <remarks>Streams the file: the header, then each tensor's bytes straight into its storage (no whole-file buffer, so files over 2 GiB load).</remarks>
     /// <exception cref="ArgumentException">The file is not a valid safetensors file (the message names it and what is wrong).</exception>
     internal static (Dictionary<string, Tensor> tensors, Dictionary<string, string> metadata) Read(string path)
     {
-        var bytes = File.ReadAllBytes(path);
-        if (bytes.Length < 8)
+        RequireLittleEndian();
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        long fileLength = stream.Length;
+        if (fileLength < 8)
         {
             throw Invalid(path, "shorter than its 8-byte header length");
         }
 
-        var headerLength = BinaryPrimitives.ReadUInt64LittleEndian(bytes);
-        if (headerLength > (ulong)(bytes.Length - 8))
+        Span<byte> lengthBytes = stackalloc byte[8];
+        stream.ReadExactly(lengthBytes);
+        var headerLength = BinaryPrimitives.ReadUInt64LittleEndian(lengthBytes);
+        if (headerLength > (ulong)(fileLength - 8))
         {
-            throw Invalid(path, $"header length {headerLength} exceeds the file size {bytes.Length}");
+            throw Invalid(path, $"header length {headerLength} exceeds the file size {fileLength}");
         }
 
+        if (headerLength > int.MaxValue)
+        {
+            throw Invalid(path, $"header length {headerLength} exceeds 2 GiB");
+        }
+
+        var headerBytes = new byte[(int)headerLength];
+        stream.ReadExactly(headerBytes);
         JsonObject header;
         try
         {
-            header = JsonNode.Parse(Encoding.UTF8.GetString(bytes, 8, (int)headerLength))?.AsObject()
+            header = JsonNode.Parse(Encoding.UTF8.GetString(headerBytes))?.AsObject()
                 ?? throw Invalid(path, "the header is not a JSON object");
         }
         catch (JsonException e)
@@ -121,7 +155,7 @@ internal static class SafeTensors
         }
 
         var dataStart = 8 + (long)headerLength;
-        var dataLength = bytes.LongLength - dataStart;
+        var dataLength = fileLength - dataStart;
         var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
         var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         try
@@ -157,8 +191,9 @@ internal static class SafeTensors
                 }
 
                 var tensor = empty(shape, dtype: type.Key);
-                bytes.AsSpan((int)(dataStart + offsets[0]), (int)(offsets[1] - offsets[0])).CopyTo(tensor.bytes);
                 tensors[name] = tensor.DetachFromDisposeScope();
+                stream.Position = dataStart + offsets[0];
+                stream.ReadExactly(tensor.bytes);
             }
         }
         catch
@@ -172,6 +207,14 @@ internal static class SafeTensors
         }
 
         return (tensors, metadata);
+    }
+
+    private static void RequireLittleEndian()
+    {
+        if (!BitConverter.IsLittleEndian)
+        {
+            throw new PlatformNotSupportedException("safetensors data is little-endian; reading or writing it needs a little-endian machine.");
+        }
     }
 
     private static ArgumentException Invalid(string path, string what) =>

@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using TorchSharp;
 using TorchSharp.PyBridge;
 using static TorchSharp.torch;
 
@@ -32,7 +33,7 @@ public sealed class HuggingFaceFolderTests
     }
 
     [TestMethod]
-    public void SafetensorsWriter_Header_IsHuggingFaceCompatible()
+    public void SaveHuggingFace_SafetensorsHeader_IsHuggingFaceCompatible()
     {
         using var model = TestData.TinyModel(seed: 42, layers: 1);
         string dir = TestData.SaveTinyFolder(model);
@@ -63,8 +64,8 @@ public sealed class HuggingFaceFolderTests
         using var positionIds = arange(32, dtype: ScalarType.Int64).unsqueeze(0);
         shard2["classifier.weight"] = headWeight;
         shard2["bert.embeddings.position_ids"] = positionIds;
-        SafetensorsWriter.Save(Path.Combine(dir, "model-00001-of-00002.safetensors"), shard1);
-        SafetensorsWriter.Save(Path.Combine(dir, "model-00002-of-00002.safetensors"), shard2);
+        SafeTensors.Write(Path.Combine(dir, "model-00001-of-00002.safetensors"), shard1, HuggingFaceFolder.SafetensorsMetadata, ScalarType.Float32);
+        SafeTensors.Write(Path.Combine(dir, "model-00002-of-00002.safetensors"), shard2, HuggingFaceFolder.SafetensorsMetadata, ScalarType.Float32);
         var map = shard1.Keys.ToDictionary(k => k, _ => "model-00001-of-00002.safetensors")
             .Concat(shard2.Keys.ToDictionary(k => k, _ => "model-00002-of-00002.safetensors"))
             .ToDictionary(p => p.Key, p => p.Value);
@@ -92,6 +93,36 @@ public sealed class HuggingFaceFolderTests
         {
             Assert.AreEqual(ScalarType.Float32, sd[key].dtype);
             Assert.AreEqual(0.0, TestData.MaxAbsDiff(sd[key], value.to_type(ScalarType.Float32)), key);
+        }
+    }
+
+    [TestMethod]
+    public void SaveHuggingFace_Bfloat16Model_StoresFloat32CopiesAndLeavesModelInBfloat16()
+    {
+        using var model = TestData.TinyModel(seed: 47, layers: 1);
+        model.to(ScalarType.BFloat16);
+        string dir = TestData.SaveTinyFolder(model);
+
+        var (stored, metadata) = SafeTensors.Read(Path.Combine(dir, "model.safetensors"));
+        try
+        {
+            Assert.AreEqual("pt", metadata["format"]);
+            var weights = model.BaseStateDict();
+            CollectionAssert.AreEquivalent(weights.Keys.ToList(), stored.Keys.ToList());
+            foreach (var (key, value) in weights)
+            {
+                Assert.AreEqual(ScalarType.BFloat16, value.dtype, $"{key}: the model keeps its dtype");
+                Assert.AreEqual(ScalarType.Float32, stored[key].dtype, key);
+                // bfloat16 → float32 is exact, so the stored values equal the model's.
+                Assert.AreEqual(0.0, TestData.MaxAbsDiff(stored[key], value.to_type(ScalarType.Float32)), key);
+            }
+        }
+        finally
+        {
+            foreach (var tensor in stored.Values)
+            {
+                tensor.Dispose();
+            }
         }
     }
 
@@ -124,7 +155,7 @@ public sealed class HuggingFaceFolderTests
         using var wrong = zeros(16, 8);
         sd["encoder.layer.2.attention.self.query.weight"] = extra;
         sd["encoder.layer.0.attention.self.key.weight"] = wrong;
-        SafetensorsWriter.Save(Path.Combine(dir, "model.safetensors"), sd);
+        SafeTensors.Write(Path.Combine(dir, "model.safetensors"), sd, HuggingFaceFolder.SafetensorsMetadata, ScalarType.Float32);
 
         var e = Assert.ThrowsExactly<InvalidDataException>(() => PretrainedModel.FromHuggingFaceFolder(dir).Load());
         StringAssert.Contains(e.Message, dir);

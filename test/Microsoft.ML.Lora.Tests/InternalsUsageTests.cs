@@ -6,7 +6,7 @@ namespace Microsoft.ML.Lora.Tests;
 /// <summary>
 /// Microsoft.ML.Lora compiles against publicized ML.NET assemblies, so the compiler cannot catch an accidental use of an
 /// ML.NET internal. This test reads the compiled assembly and checks that every reference to a non-public ML.NET type or
-/// member comes from the Microsoft.ML.Lora.Internal namespace (DESIGN.md §3: one small folder).
+/// member comes from the Microsoft.ML.Lora.Internal namespace (docs/ARCHITECTURE.md, "ML.NET internals": one small folder).
 /// </summary>
 [TestClass]
 public sealed class InternalsUsageTests

@@ -1,7 +1,7 @@
 // ML.NET keeps its model-file API (ModelSaveContext/ModelLoadContext members, VersionInfo, LoadableClassAttribute,
 // SignatureLoadModel, ...) internal. This assembly compiles against publicized copies of Microsoft.ML.Core and
 // Microsoft.ML.Data (build/MlNetPublicizer) and asks the runtime, with this attribute, to accept the access to the
-// real assemblies' non-public members. Every such use lives in this folder (DESIGN.md §3).
+// real assemblies' non-public members. Every such use lives in this folder (docs/ARCHITECTURE.md, "ML.NET internals").
 [assembly: System.Runtime.CompilerServices.IgnoresAccessChecksTo("Microsoft.ML.Core")]
 [assembly: System.Runtime.CompilerServices.IgnoresAccessChecksTo("Microsoft.ML.Data")]
 
