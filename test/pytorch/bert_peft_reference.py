@@ -160,9 +160,13 @@ class Reference:
 def score(base_dir, adapter_dir, inputs_path, out_path, precision="float64"):
     inputs, _ = read_safetensors(inputs_path)
     model = Reference(base_dir, adapter_dir, dtype=torch.float64 if precision == "float64" else torch.float32)
+    ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
+    parts = []
     with torch.no_grad():
-        scores = model.scores(model.logits(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]))
-    write_safetensors(out_path, {"scores": scores.to(torch.float32)})
+        for start in range(0, ids.shape[0], 64):   # bounded memory on real encoders
+            rows = slice(start, start + 64)
+            parts.append(model.scores(model.logits(ids[rows], mask[rows], types[rows])))
+    write_safetensors(out_path, {"scores": torch.cat(parts).to(torch.float32)})
 
 
 def train(base_dir, adapter_dir, inputs_path, out_path, precision="float32"):
