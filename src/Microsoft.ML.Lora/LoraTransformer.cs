@@ -27,7 +27,7 @@ namespace Microsoft.ML.Lora;
 /// each <see cref="Dispose"/> call releases one, and the weights are freed when the last reference is released.
 /// </para>
 /// </remarks>
-public sealed class LoraTransformer : ITransformer, IDisposable
+public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
 {
     private readonly Lock gate = new();
     private int references = 1;
@@ -108,6 +108,35 @@ public sealed class LoraTransformer : ITransformer, IDisposable
         ArgumentNullException.ThrowIfNull(input);
         return new LoraDataView(input, this);
     }
+
+    /// <summary>
+    /// Writes the model as one self-contained ONNX file that scores without TorchSharp: the encoder with the LoRA updates
+    /// merged into its weights, the pooling, the head and the output activation (softmax probabilities for multiclass,
+    /// the logit for binary classification, the value in label units for regression: what <see cref="Transform"/> puts in
+    /// the Score column). Inputs <c>input_ids</c>, <c>attention_mask</c> and <c>token_type_ids</c> (int64 [batch, sequence],
+    /// both axes dynamic), output <c>score</c> (float32 [batch, outputs]); operator set 17. The model's metadata records
+    /// the task, the label's key values, the column names, the maximum sequence length and the tokenizer (its settings and
+    /// the whole vocabulary), so <c>mlContext.Transforms.ScoreLoraOnnx(path)</c> of the Microsoft.ML.Lora.Onnx package
+    /// needs nothing else. The file is written to a temporary file beside <paramref name="path"/> and then moved into place.
+    /// </summary>
+    /// <param name="path">The .onnx file to write (its folder is created if needed; an existing file is replaced).</param>
+    /// <returns>The full path written.</returns>
+    /// <exception cref="ObjectDisposedException">The transformer was disposed.</exception>
+    public string ExportOnnx(string path)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(path);
+        string fullPath = Path.GetFullPath(path);
+        Models.AtomicFile.Write(fullPath, stream => Model.ExportOnnx(stream, Columns, InferenceBatchSize));
+        return fullPath;
+    }
+
+    ColumnNames ITextScorer.Columns => Columns;
+
+    LabelInfo ITextScorer.Label => Model.Label;
+
+    int ITextScorer.InferenceBatchSize => InferenceBatchSize;
+
+    float[] ITextScorer.Predict(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs) => Model.Predict(texts, pairs);
 
     void ICanSaveModel.Save(ModelSaveContext ctx) => LoraModelFile.Save(this, ctx);
 
