@@ -15,6 +15,12 @@ internal sealed record OnnxModelMetadata(
     /// <summary>Prefix of every key.</summary>
     public const string Prefix = "microsoft.ml.lora.";
 
+    /// <summary>The graph's inputs, in order (int64 [batch, sequence]); the exporter (OnnxBertExporter) writes these names.</summary>
+    public static readonly string[] InputNames = ["input_ids", "attention_mask", "token_type_ids"];
+
+    /// <summary>The graph's output (float32 [batch, outputs]), what the Score column holds.</summary>
+    public static readonly string[] OutputNames = ["score"];
+
     /// <summary>Version of this layout; a reader refuses a larger one.</summary>
     public const int FormatVersion = 1;
 
