@@ -41,3 +41,19 @@ public sealed class BinaryPrediction
 
     public bool PredictedLabel { get; set; }
 }
+
+/// <summary>Input row with a sentence pair and a Boolean label.</summary>
+public sealed class PairRow
+{
+    public string Text { get; set; } = string.Empty;
+
+    public string Pair { get; set; } = string.Empty;
+
+    public bool Label { get; set; }
+}
+
+/// <summary>Regression prediction.</summary>
+public sealed class RegressionPrediction
+{
+    public float Score { get; set; }
+}
