@@ -163,6 +163,54 @@ public sealed class OnnxExportTests
         (loaded as IDisposable)?.Dispose();
     }
 
+    /// <summary>The README's recipe: the exported model in ML.NET's own ONNX transform, fed fixed-length token vectors.</summary>
+    [TestMethod]
+    public void ApplyOnnxModel_ExportedModelOnFixedLengthTokens_ScoreEqualsTransform()
+    {
+        var ml = new MLContext(seed: 3);
+        var data = ml.Data.LoadFromEnumerable(TinyBert.Sentences(40, 2, 6).Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
+        using var model = ml.Transforms.LoraFineTune(Options()).Fit(data);
+        string path = model.ExportOnnx(Path.Combine(root, "apply.onnx"));
+
+        // The vocabulary travels in the model's metadata; Microsoft.ML.Tokenizers' BertTokenizer reads it. Each row is
+        // [CLS] text [SEP] padded with [PAD] (id 0) to a fixed length, mask 1 on the real tokens, token types 0.
+        string vocab;
+        using (var session = new Microsoft.ML.OnnxRuntime.InferenceSession(path))
+        {
+            vocab = session.ModelMetadata.CustomMetadataMap["microsoft.ml.lora.vocab"];
+        }
+
+        using var vocabStream = new MemoryStream(System.Text.Encoding.UTF8.GetBytes(vocab));
+        var tokenizer = Microsoft.ML.Tokenizers.BertTokenizer.Create(vocabStream);
+        var texts = TinyBert.Sentences(40, 2, 6).Select(s => s.Text).ToList();
+        var tokens = ml.Data.LoadFromEnumerable(texts.Select(t =>
+        {
+            var ids = tokenizer.EncodeToIds(t);
+            var row = new TokenRow();
+            for (int i = 0; i < ids.Count; i++)
+            {
+                row.InputIds[i] = ids[i];
+                row.AttentionMask[i] = 1;
+            }
+
+            return row;
+        }));
+        var shapes = new Dictionary<string, int[]>
+        {
+            ["input_ids"] = [1, TokenRow.Length],
+            ["attention_mask"] = [1, TokenRow.Length],
+            ["token_type_ids"] = [1, TokenRow.Length],
+        };
+        var scorer = ml.Transforms.ApplyOnnxModel(["score"], ["input_ids", "attention_mask", "token_type_ids"], path, shapes).Fit(tokens);
+        var scores = scorer.Transform(tokens).GetColumn<float[]>("score").ToArray();
+        var expected = ml.Data.CreateEnumerable<BinaryPrediction>(model.Transform(data), false).ToList();
+        for (int i = 0; i < texts.Count; i++)
+        {
+            Assert.HasCount(1, scores[i]);
+            Assert.AreEqual(expected[i].Score, scores[i][0], ScoreTolerance, $"row {i}: the logit, whatever the padding");
+        }
+    }
+
     [TestMethod]
     public void LoraOnnxTransformer_NotAnOnnxModel_ThrowsNamingTheFile()
     {
