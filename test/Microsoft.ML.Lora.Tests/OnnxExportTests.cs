@@ -201,7 +201,7 @@ public sealed class OnnxExportTests
             ["attention_mask"] = [1, TokenRow.Length],
             ["token_type_ids"] = [1, TokenRow.Length],
         };
-        var scorer = ml.Transforms.ApplyOnnxModel(["score"], ["input_ids", "attention_mask", "token_type_ids"], path, shapes).Fit(tokens);
+        var scorer = ml.Transforms.ApplyOnnxModel(["score"], ["input_ids", "attention_mask", "token_type_ids"], path, shapes, recursionLimit: 100).Fit(tokens);
         var scores = scorer.Transform(tokens).GetColumn<float[]>("score").ToArray();
         var expected = ml.Data.CreateEnumerable<BinaryPrediction>(model.Transform(data), false).ToList();
         for (int i = 0; i < texts.Count; i++)
