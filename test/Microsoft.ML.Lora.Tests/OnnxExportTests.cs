@@ -53,16 +53,40 @@ public sealed class OnnxExportTests
     [TestMethod]
     [DataRow(PoolingMode.Mean, false)]
     [DataRow(PoolingMode.Cls, true)]
-    public void ExportOnnx_Binary_OnnxRuntimeColumnsEqualTransform(PoolingMode pooling, bool pairs)
+    public void ExportOnnx_Binary_OnnxRuntimeColumnsEqualTransform(PoolingMode pooling, bool pairs) =>
+        _ = CheckBinary(baseModel, pooling, pairs, $"binary-{pooling}-{pairs}");
+
+    /// <summary>A base with a pooler: CLS pooling goes through pooler.dense (with its own LoRA adapter) and tanh.</summary>
+    [TestMethod]
+    public void ExportOnnx_BinaryClsThroughAdaptedPooler_OnnxRuntimeColumnsEqualTransform()
+    {
+        string directory = Path.Combine(root, "pooler-base");
+        Directory.CreateDirectory(directory);
+        File.Copy(Path.Combine(root, "base", "vocab.txt"), Path.Combine(directory, "vocab.txt"));
+        var config = new BertConfig { VocabSize = File.ReadAllLines(Path.Combine(directory, "vocab.txt")).Length, HiddenSize = 32, NumHiddenLayers = 2, NumAttentionHeads = 4, IntermediateSize = 64, MaxPositionEmbeddings = 64 };
+        TorchSharp.torch.random.manual_seed(2);
+        using (var bert = new BertModel(config, addPoolingLayer: true))
+        {
+            bert.SaveHuggingFace(directory);
+        }
+
+        var adapted = CheckBinary(PretrainedModel.FromHuggingFaceFolder(directory), PoolingMode.Cls, pairs: false, "binary-pooler");
+        CollectionAssert.Contains(adapted.ToList(), "bert.pooler.dense", "the pooler is adapted, and exported with its ΔW");
+    }
+
+    /// <summary>Fits, exports and compares the two transformers' columns; returns the adapted modules.</summary>
+    private static IReadOnlyList<string> CheckBinary(PretrainedModel model, PoolingMode pooling, bool pairs, string name)
     {
         var ml = new MLContext(seed: 3);
         var rows = TinyBert.Sentences(64, 2, 2).Select((s, i) => new PairRow { Text = s.Text, Pair = TinyBert.Filler[i % TinyBert.Filler.Length] + " it", Label = s.Class == 0 }).ToList();
         var data = ml.Data.LoadFromEnumerable(rows);
-        using var model = ml.Transforms.LoraFineTune(Options(pooling, pairs ? "Pair" : null)).Fit(data);
-        string path = model.ExportOnnx(Path.Combine(root, $"binary-{pooling}-{pairs}.onnx"));
+        var options = Options(pooling, pairs ? "Pair" : null);
+        options.BaseModel = model;
+        using var lora = ml.Transforms.LoraFineTune(options).Fit(data);
+        string path = lora.ExportOnnx(Path.Combine(root, name + ".onnx"));
         using var onnx = ml.Transforms.ScoreLoraOnnx(path);
 
-        var expected = ml.Data.CreateEnumerable<BinaryPrediction>(model.Transform(data), false).ToList();
+        var expected = ml.Data.CreateEnumerable<BinaryPrediction>(lora.Transform(data), false).ToList();
         var actual = ml.Data.CreateEnumerable<BinaryPrediction>(onnx.Transform(data), false).ToList();
         Assert.HasCount(expected.Count, actual);
         for (int i = 0; i < expected.Count; i++)
@@ -72,7 +96,8 @@ public sealed class OnnxExportTests
             Assert.AreEqual(expected[i].PredictedLabel, actual[i].PredictedLabel, $"row {i} (logit {expected[i].Score})");
         }
 
-        Assert.AreEqual(ml.BinaryClassification.Evaluate(model.Transform(data)).Accuracy, ml.BinaryClassification.Evaluate(onnx.Transform(data)).Accuracy);
+        Assert.AreEqual(ml.BinaryClassification.Evaluate(lora.Transform(data)).Accuracy, ml.BinaryClassification.Evaluate(onnx.Transform(data)).Accuracy);
+        return [.. lora.AdaptedModules];
     }
 
     [TestMethod]
