@@ -58,7 +58,7 @@ internal static class FineTuneSuite
         if (seen != count) throw new InvalidOperationException($"Expected {count} predictions, got {seen}.");
         double loraRps = count / (loraMs / 1000), ortRps = count / (ortMs / 1000);
         report.Add(new BenchRow("inference", $"rows/s over {count:N0} sentences (tokenisation included)", "rows/s", loraRps, ortRps,
-            "LoraTransformer.Transform (merged)", "ONNX Runtime encoder", "≥ 0.9×", loraRps / ortRps >= 0.9));
+            "LoraTransformer.Transform (unmerged, shared base)", "ONNX Runtime encoder", "≥ 0.9×", loraRps / ortRps >= 0.9));
 
         MergedVsBase(report, quick);
         ModelFile(report, ml, model, input);

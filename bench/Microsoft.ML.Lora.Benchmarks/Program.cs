@@ -1,12 +1,13 @@
 using Microsoft.ML.Lora.Benchmarks;
 using static TorchSharp.torch;
 
-// Usage: dotnet run --project bench/Microsoft.ML.Lora.Benchmarks -c Release -- [all|limit|layers|encoder|training|finetune|memory ...] [--quick] [--threads N]
+// Usage: dotnet run --project bench/Microsoft.ML.Lora.Benchmarks -c Release -- [all|limit|layers|encoder|training|finetune|memory|serving ...] [--quick] [--threads N]
 // Writes bench/results/latest.md and latest.json (and a dated copy under bench/results/history/) plus PNG charts.
 var suites = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
 bool quick = false;
 int threads = Environment.ProcessorCount;
 string? probe = null;
+string[]? servingProbe = null;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -14,6 +15,7 @@ for (int i = 0; i < args.Length; i++)
         case "--quick": quick = true; break;
         case "--threads": threads = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
         case "--probe-memory": probe = args[++i]; break;
+        case "--probe-serving": servingProbe = [args[++i], args[++i], args[++i]]; break;
         default: suites.Add(args[i]); break;
     }
 }
@@ -23,7 +25,12 @@ if (probe is not null)
     TrainingSuite.ProbeMemory(probe);
     return;
 }
-if (suites.Count == 0 || suites.Contains("all")) suites = new(StringComparer.OrdinalIgnoreCase) { "limit", "layers", "encoder", "training", "finetune", "memory" };
+if (servingProbe is not null)
+{
+    ServingSuite.ProbeInProcess(servingProbe[0], int.Parse(servingProbe[1], System.Globalization.CultureInfo.InvariantCulture), servingProbe[2] == "merged");
+    return;
+}
+if (suites.Count == 0 || suites.Contains("all")) suites = new(StringComparer.OrdinalIgnoreCase) { "limit", "layers", "encoder", "training", "finetune", "memory", "serving" };
 
 string repoRoot = FindRepoRoot();
 var report = new BenchReport(Path.Combine(repoRoot, "bench", "results"));
@@ -34,6 +41,7 @@ if (suites.Contains("encoder")) EncoderSuite.Run(report, threads, quick);
 if (suites.Contains("training")) TrainingSuite.Run(report, limit, quick);
 if (suites.Contains("finetune")) FineTuneSuite.Run(report, repoRoot, threads, quick);
 if (suites.Contains("memory")) MemorySuite.Run(report, quick);
+if (suites.Contains("serving")) ServingSuite.Run(report, repoRoot, quick);
 report.Write(threads);
 
 static string FindRepoRoot()

@@ -1,5 +1,6 @@
 using System.Globalization;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Models;
@@ -23,16 +24,22 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
     /// <param name="config">The hyper-parameters; validated.</param>
     /// <param name="addPoolingLayer">Whether to add the pooler (dense + tanh over the [CLS] token), registered as <c>pooler</c>.</param>
     /// <exception cref="ArgumentException"><paramref name="config"/> is invalid (the message names the field).</exception>
-    public BertModel(BertConfig config, bool addPoolingLayer = false) : base(nameof(BertModel))
+    public BertModel(BertConfig config, bool addPoolingLayer = false) : this(config, addPoolingLayer, device: null)
+    {
+        InitializeWeights();
+    }
+
+    // Builds the module tree with its parameters on `device` (the meta device: shapes only, no memory) and leaves them
+    // uninitialised; ShareWeights then points every parameter at another model's tensors.
+    private BertModel(BertConfig config, bool addPoolingLayer, Device? device) : base(nameof(BertModel))
     {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
         this.config = config.Clone();
-        embeddings = new BertEmbeddings(this.config);
-        encoder = new BertEncoder(this.config);
-        pooler = addPoolingLayer ? new BertPooler(this.config) : null;
+        embeddings = new BertEmbeddings(this.config, device);
+        encoder = new BertEncoder(this.config, device);
+        pooler = addPoolingLayer ? new BertPooler(this.config, device) : null;
         RegisterComponents();
-        InitializeWeights();
     }
 
     /// <summary>The configuration the model was built with (a new copy on each call; changing it does not affect the model).</summary>
@@ -51,6 +58,43 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
         set => encoder.GradientCheckpointing = value;
     }
 
+    /// <summary>
+    /// Mixed precision as PyTorch's autocast does it: the linear layers (their weights and matrix products), the
+    /// attention and the embedding tables go to <paramref name="matmulDtype"/> (bfloat16 or float16), while LayerNorm,
+    /// the embedding sum and the residual stream between the layers stay float32, so the output is float32. Rounding
+    /// the residual stream and LayerNorm's input to 8 significant bits, as a whole-model <c>to(bfloat16)</c> does, adds
+    /// error at every layer that later layers amplify; autocast keeps them float32 for that reason. Call before LoRA
+    /// injection: factors created on a half-precision weight are float32.
+    /// </summary>
+    /// <param name="matmulDtype">BFloat16, Float16 or Float32 (Float32 restores a plain float32 model).</param>
+    /// <returns>This model.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="matmulDtype"/> is not a floating type named above.</exception>
+    public BertModel ToMixedPrecision(ScalarType matmulDtype)
+    {
+        if (matmulDtype is not (ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float32))
+        {
+            throw new ArgumentOutOfRangeException(nameof(matmulDtype), matmulDtype, "Expected BFloat16, Float16 or Float32.");
+        }
+
+        this.to(matmulDtype);
+        foreach (var (_, module) in named_modules())
+        {
+            if (module is TorchSharp.Modules.LayerNorm norm)
+            {
+                norm.to(ScalarType.Float32);
+            }
+        }
+
+        return this;
+    }
+
+    /// <summary>The dtype of the linear layers' weights (the matmul dtype; float32 unless converted).</summary>
+    public ScalarType MatmulDtype => encoder.MatmulDtype;
+
+    /// <summary>The dtype of a linear module's <c>weight</c> (for a LoRA layer: its base weight).</summary>
+    internal static ScalarType WeightDtype(nn.Module module) =>
+        module.named_parameters().First(p => p.name == "weight").parameter.dtype;
+
     /// <summary>Whether the model has the pooler (<c>pooler.dense</c>).</summary>
     public bool HasPoolingLayer => pooler is not null;
 
@@ -58,7 +102,10 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
     /// <param name="input_ids">Token ids [B, T], int64, each in [0, vocab_size).</param>
     /// <param name="attention_mask">[B, T], int64 (or any numeric type): 1 for real tokens, 0 for padding.</param>
     /// <param name="token_type_ids">[B, T], int64, each in [0, type_vocab_size).</param>
-    /// <returns>The last hidden state [B, T, hidden_size], float32.</returns>
+    /// <returns>
+    /// The last hidden state [B, T, hidden_size], in the LayerNorm weights' dtype: float32, also under
+    /// <see cref="ToMixedPrecision"/>.
+    /// </returns>
     /// <exception cref="ArgumentException">The shapes differ, are not 2-D, or T exceeds max_position_embeddings.</exception>
     public override Tensor forward(Tensor input_ids, Tensor attention_mask, Tensor token_type_ids)
     {
@@ -69,7 +116,7 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
 
         using var scope = NewDisposeScope();
         var hidden = embeddings.forward(input_ids, token_type_ids);
-        var additiveMask = ExtendedAttentionMask(attention_mask, hidden.dtype);
+        var additiveMask = ExtendedAttentionMask(attention_mask, encoder.MatmulDtype);
         return encoder.forward(hidden, additiveMask).MoveToOuterDisposeScope();
     }
 
@@ -118,6 +165,68 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
         }
 
         return result;
+    }
+
+    /// <summary>
+    /// A new module tree of the same shape whose parameters are frozen aliases of this model's tensors (same storage, no
+    /// copy, <c>requires_grad</c> false), in evaluation mode. Several trees made this way share one copy of the weights;
+    /// each can get its own LoRA adapters and head by injection, which replaces modules in that tree only. A change to
+    /// the values of one tree's base weights (a merge) shows in all of them, so callers that merge give the layers they
+    /// merge into private copies first. Call it on a model without LoRA layers.
+    /// </summary>
+    /// <returns>The new model (dispose it; the shared storage lives until its last alias is disposed).</returns>
+    /// <exception cref="InvalidOperationException">This model has LoRA layers or a parameter kind the tree cannot alias.</exception>
+    internal BertModel ShareWeights()
+    {
+        var source = named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
+        if (source.Keys.Any(IsLoraKey))
+        {
+            throw new InvalidOperationException("ShareWeights needs a base model without LoRA layers.");
+        }
+
+        var shared = new BertModel(config, HasPoolingLayer, torch.META);
+        try
+        {
+            using var noGrad = no_grad();
+            Parameter Alias(string name) => new(source[name].detach(), requires_grad: false);
+            foreach (var (path, module) in shared.named_modules())
+            {
+                string prefix = path.Length == 0 ? string.Empty : path + ".";
+                switch (module)
+                {
+                    case TorchSharp.Modules.Linear linear:
+                        linear.weight = Alias(prefix + "weight");
+                        if (linear.bias is not null)
+                        {
+                            linear.bias = Alias(prefix + "bias");
+                        }
+
+                        break;
+                    case TorchSharp.Modules.Embedding embedding:
+                        embedding.weight = Alias(prefix + "weight");
+                        break;
+                    case TorchSharp.Modules.LayerNorm norm:
+                        norm.weight = Alias(prefix + "weight");
+                        norm.bias = Alias(prefix + "bias");
+                        break;
+                }
+            }
+
+            var left = shared.named_parameters().Where(p => p.parameter.device_type == DeviceType.META).Select(p => p.name).ToList();
+            if (left.Count > 0 || shared.named_buffers().Any())
+            {
+                throw new InvalidOperationException($"ShareWeights cannot alias [{string.Join(", ", left)}].");
+            }
+
+            shared.GradientCheckpointing = false;
+            shared.eval();
+            return shared;
+        }
+        catch
+        {
+            shared.Dispose();
+            throw;
+        }
     }
 
     private static bool IsLoraKey(string name) =>

@@ -8,6 +8,12 @@ namespace Microsoft.ML.Lora.Models;
 // Building blocks of BertModel. Class, field and registered names mirror Hugging Face's modeling_bert.py so that
 // state_dict() keys equal the checkpoint keys. Linear layers are declared as Module<Tensor, Tensor> fields named
 // like the registered module so that lora.inject_adapter_in_model can swap them (registry and field).
+//
+// Mixed precision (BertModel.ToMixedPrecision), as PyTorch's CPU/CUDA autocast: the linear layers and the attention
+// run in the dtype of the linear weights (the "matmul dtype", which is also the additive mask's dtype); the residual
+// stream, the embedding sum and LayerNorm run in the LayerNorm weights' dtype (float32). Each block casts its input to
+// the dtype of the next matmul and its matmul output back to the residual dtype. With all weights in one dtype every
+// cast is a no-op.
 
 internal sealed class BertEmbeddings : Module<Tensor, Tensor, Tensor>
 {
@@ -17,12 +23,12 @@ internal sealed class BertEmbeddings : Module<Tensor, Tensor, Tensor>
     private readonly LayerNorm LayerNorm;
     private readonly Dropout dropout;
 
-    public BertEmbeddings(BertConfig config) : base("BertEmbeddings")
+    public BertEmbeddings(BertConfig config, Device? device = null) : base("BertEmbeddings")
     {
-        word_embeddings = nn.Embedding(config.VocabSize, config.HiddenSize, padding_idx: config.PadTokenId);
-        position_embeddings = nn.Embedding(config.MaxPositionEmbeddings, config.HiddenSize);
-        token_type_embeddings = nn.Embedding(config.TypeVocabSize, config.HiddenSize);
-        LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps);
+        word_embeddings = nn.Embedding(config.VocabSize, config.HiddenSize, padding_idx: config.PadTokenId, device: device);
+        position_embeddings = nn.Embedding(config.MaxPositionEmbeddings, config.HiddenSize, device: device);
+        token_type_embeddings = nn.Embedding(config.TypeVocabSize, config.HiddenSize, device: device);
+        LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps, device: device);
         dropout = nn.Dropout(config.HiddenDropoutProb);
         RegisterComponents();
     }
@@ -32,7 +38,9 @@ internal sealed class BertEmbeddings : Module<Tensor, Tensor, Tensor>
         using var scope = NewDisposeScope();
         long length = inputIds.shape[1];
         using var positions = arange(length, dtype: ScalarType.Int64, device: inputIds.device).unsqueeze(0);
-        var embeddings = word_embeddings.forward(inputIds)
+        // The sum runs in LayerNorm's dtype: float32 under mixed precision even when the tables are stored in bfloat16.
+        var residualDtype = LayerNorm.weight!.dtype;
+        var embeddings = word_embeddings.forward(inputIds).to(residualDtype)
             .add_(token_type_embeddings.forward(tokenTypeIds))
             .add_(position_embeddings.forward(positions));
         return dropout.forward(LayerNorm.forward(embeddings)).MoveToOuterDisposeScope();
@@ -48,26 +56,33 @@ internal sealed class BertSelfAttention : Module<Tensor, Tensor, Tensor>
     private readonly int headSize;
     private readonly double attentionDropout;
 
-    public BertSelfAttention(BertConfig config) : base("BertSelfAttention")
+    /// <summary>The dtype of the query projection's weight (the attention runs in it).</summary>
+    public ScalarType MatmulDtype => BertModel.WeightDtype(query);
+
+    public BertSelfAttention(BertConfig config, Device? device = null) : base("BertSelfAttention")
     {
         numHeads = config.NumAttentionHeads;
         headSize = config.HeadSize;
         attentionDropout = config.AttentionProbsDropoutProb;
-        query = nn.Linear(config.HiddenSize, config.HiddenSize);
-        key = nn.Linear(config.HiddenSize, config.HiddenSize);
-        value = nn.Linear(config.HiddenSize, config.HiddenSize);
+        query = nn.Linear(config.HiddenSize, config.HiddenSize, device: device);
+        key = nn.Linear(config.HiddenSize, config.HiddenSize, device: device);
+        value = nn.Linear(config.HiddenSize, config.HiddenSize, device: device);
         RegisterComponents();
     }
 
-    /// <param name="hidden">[B, T, H].</param>
-    /// <param name="additiveMask">[B, 1, 1, T], 0 for tokens to attend to and a large negative number for padding.</param>
+    /// <param name="hidden">[B, T, H], in the residual dtype.</param>
+    /// <param name="additiveMask">
+    /// [B, 1, 1, T] in the matmul dtype, 0 for tokens to attend to and a large negative number for padding.
+    /// </param>
+    /// <returns>[B, T, H] in the matmul dtype (the input of the output projection).</returns>
     public override Tensor forward(Tensor hidden, Tensor additiveMask)
     {
         using var scope = NewDisposeScope();
         long batch = hidden.shape[0];
         long length = hidden.shape[1];
+        var input = hidden.to(additiveMask.dtype);
         Tensor Heads(Module<Tensor, Tensor> projection) =>
-            projection.call(hidden).reshape(batch, length, numHeads, headSize).transpose(1, 2);
+            projection.call(input).reshape(batch, length, numHeads, headSize).transpose(1, 2);
 
         var q = Heads(query);
         var k = Heads(key);
@@ -87,18 +102,20 @@ internal sealed class BertResidualOutput : Module<Tensor, Tensor, Tensor>
     private readonly LayerNorm LayerNorm;
     private readonly Dropout dropout;
 
-    public BertResidualOutput(string name, int inputSize, BertConfig config) : base(name)
+    public BertResidualOutput(string name, int inputSize, BertConfig config, Device? device = null) : base(name)
     {
-        dense = nn.Linear(inputSize, config.HiddenSize);
-        LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps);
+        dense = nn.Linear(inputSize, config.HiddenSize, device: device);
+        LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps, device: device);
         dropout = nn.Dropout(config.HiddenDropoutProb);
         RegisterComponents();
     }
 
+    /// <param name="hidden">The block's input, in the matmul dtype.</param>
+    /// <param name="residual">The residual stream, in the residual (LayerNorm) dtype.</param>
     public override Tensor forward(Tensor hidden, Tensor residual)
     {
         using var scope = NewDisposeScope();
-        return LayerNorm.forward(dropout.forward(dense.call(hidden)).add_(residual)).MoveToOuterDisposeScope();
+        return LayerNorm.forward(dropout.forward(dense.call(hidden)).to(residual.dtype).add_(residual)).MoveToOuterDisposeScope();
     }
 }
 
@@ -107,10 +124,12 @@ internal sealed class BertAttention : Module<Tensor, Tensor, Tensor>
     private readonly BertSelfAttention self;
     private readonly BertResidualOutput output;
 
-    public BertAttention(BertConfig config) : base("BertAttention")
+    public ScalarType MatmulDtype => self.MatmulDtype;
+
+    public BertAttention(BertConfig config, Device? device = null) : base("BertAttention")
     {
-        self = new BertSelfAttention(config);
-        output = new BertResidualOutput("BertSelfOutput", config.HiddenSize, config);
+        self = new BertSelfAttention(config, device);
+        output = new BertResidualOutput("BertSelfOutput", config.HiddenSize, config, device);
         RegisterComponents();
     }
 
@@ -126,9 +145,9 @@ internal sealed class BertIntermediate : Module<Tensor, Tensor>
     private Module<Tensor, Tensor> dense;
     private readonly string activation;
 
-    public BertIntermediate(BertConfig config) : base("BertIntermediate")
+    public BertIntermediate(BertConfig config, Device? device = null) : base("BertIntermediate")
     {
-        dense = nn.Linear(config.HiddenSize, config.IntermediateSize);
+        dense = nn.Linear(config.HiddenSize, config.IntermediateSize, device: device);
         activation = config.HiddenAct;
         RegisterComponents();
     }
@@ -153,18 +172,22 @@ internal sealed class BertLayer : Module<Tensor, Tensor, Tensor>
     private readonly BertIntermediate intermediate;
     private readonly BertResidualOutput output;
 
-    public BertLayer(BertConfig config) : base("BertLayer")
+    /// <summary>The dtype of the query projection's weight.</summary>
+    public ScalarType MatmulDtype => attention.MatmulDtype;
+
+    public BertLayer(BertConfig config, Device? device = null) : base("BertLayer")
     {
-        attention = new BertAttention(config);
-        intermediate = new BertIntermediate(config);
-        output = new BertResidualOutput("BertOutput", config.IntermediateSize, config);
+        attention = new BertAttention(config, device);
+        intermediate = new BertIntermediate(config, device);
+        output = new BertResidualOutput("BertOutput", config.IntermediateSize, config, device);
         RegisterComponents();
     }
 
     public override Tensor forward(Tensor hidden, Tensor additiveMask)
     {
         using var attended = attention.forward(hidden, additiveMask);
-        using var expanded = intermediate.forward(attended);
+        using var lowered = attended.to(additiveMask.dtype);
+        using var expanded = intermediate.forward(lowered);
         return output.forward(expanded, attended);
     }
 }
@@ -173,11 +196,14 @@ internal sealed class BertEncoder : Module<Tensor, Tensor, Tensor>
 {
     private readonly ModuleList<BertLayer> layer;
 
-    public BertEncoder(BertConfig config) : base("BertEncoder")
+    public BertEncoder(BertConfig config, Device? device = null) : base("BertEncoder")
     {
-        layer = new ModuleList<BertLayer>(Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new BertLayer(config)).ToArray());
+        layer = new ModuleList<BertLayer>(Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new BertLayer(config, device)).ToArray());
         RegisterComponents();
     }
+
+    /// <summary>The dtype of the first layer's query weight: the matmul dtype of the encoder.</summary>
+    public ScalarType MatmulDtype => layer.Count == 0 ? ScalarType.Float32 : layer[0].MatmulDtype;
 
     /// <summary>Whether training runs each layer through <c>lora.checkpoint</c> (see <see cref="BertModel.GradientCheckpointing"/>).</summary>
     public bool GradientCheckpointing { get; set; }
@@ -207,16 +233,19 @@ internal sealed class BertPooler : Module<Tensor, Tensor>
 {
     private Module<Tensor, Tensor> dense;
 
-    public BertPooler(BertConfig config) : base("BertPooler")
+    public BertPooler(BertConfig config, Device? device = null) : base("BertPooler")
     {
-        dense = nn.Linear(config.HiddenSize, config.HiddenSize);
+        dense = nn.Linear(config.HiddenSize, config.HiddenSize, device: device);
         RegisterComponents();
     }
+
+    /// <summary>The dtype of the dense layer's weight (its input is cast to it).</summary>
+    public ScalarType WeightDtype => BertModel.WeightDtype(dense);
 
     /// <param name="hidden">Last hidden state [B, T, H]; the [CLS] (first) token is pooled.</param>
     public override Tensor forward(Tensor hidden)
     {
-        using var first = hidden.select(1, 0);
+        using var first = hidden.select(1, 0).to(WeightDtype);
         using var projected = dense.call(first);
         return projected.tanh();
     }

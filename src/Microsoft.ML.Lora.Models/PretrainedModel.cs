@@ -140,6 +140,9 @@ public sealed class PretrainedModel : IEquatable<PretrainedModel>
     /// <exception cref="InvalidDataException">A file is malformed, or the weights do not fit (missing, unexpected and mismatched keys are listed).</exception>
     public LoadedPretrainedModel Load(Device? device = null)
     {
+        // Stamped before reading: a file changed while it is read is hashed again next time.
+        string? stamp = FingerprintCache.Stamp(this);
+        bool known = FingerprintCache.TryGet(this, out string knownSha);
         var (config, weights, tokenizer, sourceText) = Kind switch
         {
             PretrainedModelKind.Embedded => LoadEmbedded(),
@@ -154,7 +157,8 @@ public sealed class PretrainedModel : IEquatable<PretrainedModel>
             var normalized = WeightsLoader.NormalizeKeys(weights);
             model = new BertModel(config, WeightsLoader.HasPooler(normalized));
             WeightsLoader.Load(model, normalized, sourceText);
-            string sha = WeightsFingerprint.Compute(model.BaseStateDict());
+            string sha = known ? knownSha : WeightsFingerprint.Compute(model.BaseStateDict());
+            FingerprintCache.Remember(stamp, sha);
             model.eval();
             if (device is not null)
             {

@@ -17,8 +17,9 @@ namespace Microsoft.ML.Lora.Onnx;
 /// <see cref="Transform"/> is lazy and batched (<see cref="InferenceBatchSize"/> rows per run);
 /// <see cref="GetRowToRowMapper"/> makes it work in <c>PredictionEngine</c> (engines on several threads share one ONNX
 /// Runtime session). <c>mlContext.Model.Save</c> stores the whole ONNX model in the zip, so <c>mlContext.Model.Load</c>
-/// needs nothing else. <see cref="Dispose"/> releases one reference, as <c>LoraTransformer</c> does: each row mapper
-/// handed out takes one, and the session is released with the last.
+/// needs nothing else. <see cref="Dispose"/> releases one reference: each row mapper handed out (one per
+/// <c>PredictionEngine</c>, which disposes its transformer) and each open cursor that computes predictions takes one, and
+/// the session is released with the last.
 /// </remarks>
 public sealed class LoraOnnxTransformer : ITransformer, IDisposable, ITextScorer
 {
@@ -150,6 +151,17 @@ public sealed class LoraOnnxTransformer : ITransformer, IDisposable, ITextScorer
         using var outputs = session.Run(options, OnnxModelMetadata.InputNames, [ids, mask, types], OnnxModelMetadata.OutputNames);
         return outputs[0].GetTensorDataAsSpan<float>().ToArray();
     }
+
+    void ITextScorer.AddReference()
+    {
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(references == 0, this);
+            references++;
+        }
+    }
+
+    void ITextScorer.ReleaseReference() => Dispose();
 
     void ICanSaveModel.Save(ModelSaveContext ctx) => LoraOnnxModelFile.Save(this, ctx);
 

@@ -23,6 +23,6 @@ public interface ILoraLayer
     /// <summary>Adds ΔW·scaling of every active adapter not yet merged into the base weight (computed in float32).</summary>
     void merge();
 
-    /// <summary>Subtracts every merged ΔW·scaling from the base weight. Does nothing if not merged.</summary>
+    /// <summary>Removes every merged ΔW·scaling: the weight gets back the exact base weight. Does nothing if not merged.</summary>
     void unmerge();
 }

@@ -39,7 +39,8 @@ public sealed class LoraConfig
     /// <summary>
     /// Layer indices to adapt (PEFT's <c>layers_to_transform</c>): a module found by a dot-aligned suffix of
     /// <see cref="target_modules"/> is adapted only if its path holds <c>.&lt;pattern&gt;.&lt;index&gt;.</c> with the index in this
-    /// list (the last such segment; pattern from <see cref="layers_pattern"/>, or any name). Null (default): all layers.
+    /// list (the first such segment, as PEFT ≥ 0.20, so an expert index nested inside a layer does not count; pattern from
+    /// <see cref="layers_pattern"/>, or any name). Null (default): all layers.
     /// Not allowed with <see cref="target_modules_regex"/>.
     /// </summary>
     public IList<int>? layers_to_transform { get; set; }

@@ -147,7 +147,8 @@ internal static class LoraInjector
                 return new Modules.Linear(linear.weight, linear.bias, r, alpha, config.lora_dropout,
                     fan_in_fan_out: false, config.merge_weights, config.use_rslora, init, adapterName, config);
             case TorchModules.Embedding embedding:
-                return new Modules.Embedding(embedding.weight!, r, alpha, config.merge_weights, padding_idx: null,
+                // The padding row keeps getting no gradient in the LoRA table either (as the base embedding).
+                return new Modules.Embedding(embedding.weight!, r, alpha, config.merge_weights, PaddingIndex(embedding),
                     config.use_rslora, init, adapterName, config);
             case TorchModules.Convolution conv when !conv.transposed:
                 var dims = conv.kernel_size.Length;
@@ -170,10 +171,36 @@ internal static class LoraInjector
         }
     }
 
+    /// <summary>
+    /// The <c>padding_idx</c> of a TorchSharp embedding, which TorchSharp keeps inside the native module and does not expose:
+    /// the one row that gets no gradient when every row is looked up once, or null. Uses <c>autograd.grad</c>, so no
+    /// <c>.grad</c> is touched; the weight's <c>requires_grad</c> is restored.
+    /// </summary>
+    private static long? PaddingIndex(TorchModules.Embedding embedding)
+    {
+        var weight = embedding.weight!;
+        var requiresGrad = weight.requires_grad;
+        try
+        {
+            using var scope = torch.NewDisposeScope();
+            using var enable = torch.enable_grad();
+            weight.requires_grad = true;
+            var ids = torch.arange(weight.shape[0], dtype: ScalarType.Int64, device: weight.device);
+            var output = embedding.forward(ids);
+            var grad = torch.autograd.grad([output.sum()], [weight])[0];
+            var rowsWithout = (grad.abs().sum(dim: 1) == 0).nonzero().reshape(-1);
+            return rowsWithout.numel() == 1 ? rowsWithout.item<long>() : null;
+        }
+        finally
+        {
+            weight.requires_grad = requiresGrad;
+        }
+    }
+
     /// <summary>Throws unless <paramref name="module"/> is a type LoRA can replace (checked before anything changes).</summary>
     private static void CheckSupported(nn.Module module, string path, int r, LoraConfig config)
     {
-        if (module is Modules.LoraConvNd loraConv && r % loraConv.groups != 0)
+        if (module is Modules.LoraConvNd { factorization: LoraConvFactorization.Peft } loraConv && r % loraConv.groups != 0)
         {
             throw new ArgumentException(
                 $"Convolution '{path}' has groups = {loraConv.groups}; its rank ({r}) must be divisible by it (see rank_pattern).",
@@ -414,7 +441,11 @@ internal static class LoraInjector
             }
         }
 
-        /// <summary>PEFT's layer filter: the index after the last <c>.&lt;pattern&gt;.</c> (any name without a pattern) must be listed.</summary>
+        /// <summary>
+        /// PEFT ≥ 0.20's layer filter: the first index in the path, i.e. the number after the first <c>.&lt;pattern&gt;.</c> (after the
+        /// first dotted name without a pattern; PEFT's lazy <c>.*?\.[^.]*\.(\d+)\.</c>), must be listed. Nested indices (experts
+        /// inside a layer) do not count.
+        /// </summary>
         private bool InSelectedLayer(string path)
         {
             if (_layers is null)
@@ -425,13 +456,13 @@ internal static class LoraInjector
             Match? match = null;
             if (_layersPattern is null || _layersPattern.Count == 0)
             {
-                match = Regex.Match(path, @"^.*\.[^.]*\.(\d+)\.", RegexOptions.CultureInvariant);
+                match = Regex.Match(path, @"^.*?\.[^.]*\.(\d+)\.", RegexOptions.CultureInvariant);
             }
             else
             {
                 foreach (var pattern in _layersPattern)
                 {
-                    match = Regex.Match(path, $@"^.*\.{pattern}\.(\d+)\.", RegexOptions.CultureInvariant);
+                    match = Regex.Match(path, $@"^.*?\.{pattern}\.(\d+)\.", RegexOptions.CultureInvariant);
                     if (match.Success)
                     {
                         break;

@@ -62,10 +62,10 @@ public static class PeftAdapter
 
         foreach (var (path, layer) in layers)
         {
-            if (layer is Modules.MergedLinear or Modules.LoraConvNd { groups: > 1 })
+            if (layer is Modules.MergedLinear or Modules.LoraConvNd { groups: > 1 } or Modules.LoraConvNd { factorization: LoraConvFactorization.Loralib })
             {
                 throw new ArgumentException(
-                    $"Layer '{path}' is a {layer.GetType().Name}{(layer is Modules.LoraConvNd c ? $" with groups = {c.groups}" : "")}, " +
+                    $"Layer '{path}' is a {layer.GetType().Name}{(layer is Modules.LoraConvNd c ? (c.factorization == LoraConvFactorization.Loralib ? " with loralib's factorisation" : $" with groups = {c.groups}") : "")}, " +
                     "which has no equivalent in PEFT's file format.", nameof(model));
             }
         }

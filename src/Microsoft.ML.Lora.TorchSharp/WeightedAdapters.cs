@@ -44,11 +44,6 @@ internal static class WeightedAdapters
                     throw new ArgumentException($"combination_type \"linear\" needs equal ranks, got [{string.Join(", ", ranks)}]; use \"cat\" or \"svd\".", nameof(adapters));
                 }
 
-                if (weights.Any(w => w < 0))
-                {
-                    throw new ArgumentOutOfRangeException(nameof(weights), "combination_type \"linear\" scales factors by √(weight·scaling): weights must be ≥ 0.");
-                }
-
                 newRank = ranks[0];
                 break;
             case "cat":
@@ -68,7 +63,8 @@ internal static class WeightedAdapters
 
         foreach (var (path, layer) in layers)
         {
-            if (kind != "linear" && (layer is Modules.MergedLinear || layer is Modules.LoraConvNd { groups: > 1 }))
+            if (kind != "linear" && (layer is Modules.MergedLinear || layer is Modules.LoraConvNd { groups: > 1 }
+                || layer is Modules.LoraConvNd { factorization: LoraConvFactorization.Loralib }))
             {
                 throw new ArgumentException(
                     $"Layer '{path}' ({layer.GetType().Name}{(layer is Modules.LoraConvNd c ? $", groups {c.groups}" : "")}) has block-structured factors; " +
@@ -104,10 +100,13 @@ internal static class WeightedAdapters
                 {
                     newA = torch.zeros_like(templateA, dtype: ScalarType.Float32);
                     newB = torch.zeros_like(templateB, dtype: ScalarType.Float32);
+                    // As PEFT: each factor scaled by √|weight·scaling|, the sign of a negative weight on A only (on both
+                    // it would cancel), so a single adapter with weight w gives exactly w·ΔW.
                     foreach (var (a, w) in present)
                     {
-                        var factor = Math.Sqrt(w * layer.get_scaling(a));
-                        newA.add_(layer.get_lora_A(a).to(ScalarType.Float32), alpha: factor);
+                        var weighted = w * layer.get_scaling(a);
+                        var factor = Math.Sqrt(Math.Abs(weighted));
+                        newA.add_(layer.get_lora_A(a).to(ScalarType.Float32), alpha: weighted < 0 ? -factor : factor);
                         newB.add_(layer.get_lora_B(a).to(ScalarType.Float32), alpha: factor);
                     }
 

@@ -191,13 +191,15 @@ public static partial class lora
     /// </summary>
     /// <remarks>
     /// <list type="bullet">
-    /// <item><c>"linear"</c>: all ranks equal; A = Σ √(wᵢ·sᵢ)·Aᵢ and B = Σ √(wᵢ·sᵢ)·Bᵢ (sᵢ the scaling of adapter i), as PEFT.
-    /// This is not Σ wᵢ·ΔWᵢ (cross terms appear) unless one adapter is combined. Needs wᵢ ≥ 0.</item>
+    /// <item><c>"linear"</c>: all ranks equal; A = Σ sign(wᵢ)·√|wᵢ·sᵢ|·Aᵢ and B = Σ √|wᵢ·sᵢ|·Bᵢ (sᵢ the scaling of adapter i),
+    /// as PEFT: a negative weight's sign goes on A only. This is not Σ wᵢ·ΔWᵢ (cross terms appear) unless one adapter is
+    /// combined, where it is exactly w·ΔW.</item>
     /// <item><c>"cat"</c>: rank Σ rᵢ; A stacks wᵢ·sᵢ·Aᵢ, B concatenates Bᵢ, so ΔW = Σ wᵢ·ΔWᵢ exactly.</item>
     /// <item><c>"svd"</c>: ΔW = Σ wᵢ·ΔWᵢ (each ΔWᵢ with its own scaling), truncated to rank <paramref name="svd_rank"/> (default: the largest
     /// rank) by a singular value decomposition: B = U·S, A = Vᴴ. Exact when the rank suffices.</item>
     /// </list>
-    /// <para>"cat" and "svd" are refused for MergedLinear layers and grouped convolutions (their factors have block structure).</para>
+    /// <para>"cat" and "svd" are refused for MergedLinear layers, grouped convolutions and convolutions with loralib's
+    /// factorisation (their factors have block or reshaped structure).</para>
     /// </remarks>
     /// <param name="model">The model.</param>
     /// <param name="adapters">Existing adapter names.</param>
@@ -206,7 +208,7 @@ public static partial class lora
     /// <param name="combination_type">"linear", "cat" or "svd" (default "svd", as PEFT).</param>
     /// <param name="svd_rank">Rank for "svd"; default the largest rank of <paramref name="adapters"/>.</param>
     /// <exception cref="ArgumentException">Unknown adapters or combination type, counts differ, ranks differ for "linear", a
-    /// negative weight for "linear", the new name is taken, or a layer kind cannot take the combination.</exception>
+    /// weight is not finite, the new name is taken, or a layer kind cannot take the combination.</exception>
     public static void add_weighted_adapter(nn.Module model, IReadOnlyList<string> adapters, IReadOnlyList<double> weights,
         string adapter_name, string combination_type = "svd", int? svd_rank = null)
     {
@@ -287,6 +289,7 @@ public static partial class lora
                 }
 
                 plain = PlainModule(layer);
+                layer.ForgetMergeState(); // the plain module owns the (merged) weight; drop the copy of W at once
             };
             if (path.Length == 0)
             {

@@ -39,11 +39,15 @@ public static partial class lora
         return new Modules.Embedding(LoraArguments.NewParameter(w), r, lora_alpha, merge_weights, normalizedPadding, use_rslora, init);
     }
 
-    /// <summary>Creates a 1-D LoRA convolution; see <see cref="Modules.LoraConvNd"/>. With <paramref name="r"/> 0 it is a plain convolution.</summary>
+    /// <summary>
+    /// Creates a 1-D LoRA convolution; see <see cref="Modules.LoraConvNd"/>. With <paramref name="r"/> 0 it is a plain convolution.
+    /// By default it uses loralib's factorisation, generalised to 1-D kernels larger than 1 (which loralib itself cannot build,
+    /// its issue #115): lora_A [r·k, in], lora_B [out/groups·k, r·k]; for k = 1 these are loralib's shapes.
+    /// </summary>
     /// <param name="in_channels">Input channels.</param>
     /// <param name="out_channels">Output channels.</param>
     /// <param name="kernel_size">Kernel size.</param>
-    /// <param name="r">Rank of the update (default 0); must be divisible by <paramref name="groups"/>.</param>
+    /// <param name="r">Rank of the update (default 0); with the PEFT factorisation it must be divisible by <paramref name="groups"/>.</param>
     /// <param name="lora_alpha">α (default 1).</param>
     /// <param name="lora_dropout">Dropout on the LoRA branch input, in [0, 1) (default 0).</param>
     /// <param name="merge_weights">Merge on <c>eval()</c>, unmerge on <c>train()</c> (default true).</param>
@@ -56,20 +60,27 @@ public static partial class lora
     /// <param name="init_lora_weights">"true", "gaussian" or "false".</param>
     /// <param name="device">Device of the parameters.</param>
     /// <param name="dtype">Type of the base parameters.</param>
+    /// <param name="factorization">How ΔW is factored (default <see cref="LoraConvFactorization.Loralib"/>, loralib's layout and
+    /// checkpoints; <see cref="LoraConvFactorization.Peft"/> for PEFT's two convolutions, as injection uses).</param>
     /// <returns>The layer, in training mode.</returns>
     public static Modules.Conv1d Conv1d(long in_channels, long out_channels, long kernel_size, int r = 0, double lora_alpha = 1,
         double lora_dropout = 0, bool merge_weights = true, long stride = 1, long padding = 0, long dilation = 1, long groups = 1,
-        bool bias = true, bool use_rslora = false, string init_lora_weights = "true", Device? device = null, ScalarType? dtype = null)
+        bool bias = true, bool use_rslora = false, string init_lora_weights = "true", Device? device = null, ScalarType? dtype = null,
+        LoraConvFactorization factorization = LoraConvFactorization.Loralib)
     {
         var (w, b, init) = ConvBase(in_channels, out_channels, [kernel_size], r, lora_alpha, lora_dropout, groups, bias, init_lora_weights, device, dtype);
-        return new Modules.Conv1d(w, b, [stride], [padding], [dilation], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init);
+        return new Modules.Conv1d(w, b, [stride], [padding], [dilation], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init, factorization: factorization);
     }
 
-    /// <summary>Creates a 2-D LoRA convolution (square kernel); see <see cref="Modules.LoraConvNd"/>.</summary>
+    /// <summary>
+    /// Creates a 2-D LoRA convolution (square kernel) that behaves as loralib's <c>lora.Conv2d</c> by default: lora_A
+    /// [r·k, in·k], lora_B [out/groups·k, r·k], ΔW = (lora_B·lora_A).view(weight.shape)·α/r, and loralib's checkpoints (with
+    /// their duplicated <c>conv.weight</c>/<c>conv.bias</c> keys) load; see <see cref="Modules.LoraConvNd"/>.
+    /// </summary>
     /// <param name="in_channels">Input channels.</param>
     /// <param name="out_channels">Output channels.</param>
     /// <param name="kernel_size">Kernel size in both dimensions.</param>
-    /// <param name="r">Rank of the update (default 0); must be divisible by <paramref name="groups"/>.</param>
+    /// <param name="r">Rank of the update (default 0); with the PEFT factorisation it must be divisible by <paramref name="groups"/>.</param>
     /// <param name="lora_alpha">α (default 1).</param>
     /// <param name="lora_dropout">Dropout on the LoRA branch input, in [0, 1) (default 0).</param>
     /// <param name="merge_weights">Merge on <c>eval()</c>, unmerge on <c>train()</c> (default true).</param>
@@ -82,20 +93,27 @@ public static partial class lora
     /// <param name="init_lora_weights">"true", "gaussian" or "false".</param>
     /// <param name="device">Device of the parameters.</param>
     /// <param name="dtype">Type of the base parameters.</param>
+    /// <param name="factorization">How ΔW is factored (default <see cref="LoraConvFactorization.Loralib"/>, loralib's layout and
+    /// checkpoints; <see cref="LoraConvFactorization.Peft"/> for PEFT's two convolutions, as injection uses).</param>
     /// <returns>The layer, in training mode.</returns>
     public static Modules.Conv2d Conv2d(long in_channels, long out_channels, long kernel_size, int r = 0, double lora_alpha = 1,
         double lora_dropout = 0, bool merge_weights = true, long stride = 1, long padding = 0, long dilation = 1, long groups = 1,
-        bool bias = true, bool use_rslora = false, string init_lora_weights = "true", Device? device = null, ScalarType? dtype = null)
+        bool bias = true, bool use_rslora = false, string init_lora_weights = "true", Device? device = null, ScalarType? dtype = null,
+        LoraConvFactorization factorization = LoraConvFactorization.Loralib)
     {
         var (w, b, init) = ConvBase(in_channels, out_channels, [kernel_size, kernel_size], r, lora_alpha, lora_dropout, groups, bias, init_lora_weights, device, dtype);
-        return new Modules.Conv2d(w, b, [stride, stride], [padding, padding], [dilation, dilation], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init);
+        return new Modules.Conv2d(w, b, [stride, stride], [padding, padding], [dilation, dilation], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init, factorization: factorization);
     }
 
-    /// <summary>Creates a 3-D LoRA convolution (cubic kernel); see <see cref="Modules.LoraConvNd"/>.</summary>
+    /// <summary>
+    /// Creates a 3-D LoRA convolution (cubic kernel); see <see cref="Modules.LoraConvNd"/>. By default it uses loralib's
+    /// factorisation generalised to 3-D kernels (loralib's own cannot build them for k &gt; 1, its issue #115): lora_A
+    /// [r·k, in·k·k], lora_B [out/groups·k, r·k].
+    /// </summary>
     /// <param name="in_channels">Input channels.</param>
     /// <param name="out_channels">Output channels.</param>
     /// <param name="kernel_size">Kernel size in all three dimensions.</param>
-    /// <param name="r">Rank of the update (default 0); must be divisible by <paramref name="groups"/>.</param>
+    /// <param name="r">Rank of the update (default 0); with the PEFT factorisation it must be divisible by <paramref name="groups"/>.</param>
     /// <param name="lora_alpha">α (default 1).</param>
     /// <param name="lora_dropout">Dropout on the LoRA branch input, in [0, 1) (default 0).</param>
     /// <param name="merge_weights">Merge on <c>eval()</c>, unmerge on <c>train()</c> (default true).</param>
@@ -108,13 +126,16 @@ public static partial class lora
     /// <param name="init_lora_weights">"true", "gaussian" or "false".</param>
     /// <param name="device">Device of the parameters.</param>
     /// <param name="dtype">Type of the base parameters.</param>
+    /// <param name="factorization">How ΔW is factored (default <see cref="LoraConvFactorization.Loralib"/>, loralib's layout and
+    /// checkpoints; <see cref="LoraConvFactorization.Peft"/> for PEFT's two convolutions, as injection uses).</param>
     /// <returns>The layer, in training mode.</returns>
     public static Modules.Conv3d Conv3d(long in_channels, long out_channels, long kernel_size, int r = 0, double lora_alpha = 1,
         double lora_dropout = 0, bool merge_weights = true, long stride = 1, long padding = 0, long dilation = 1, long groups = 1,
-        bool bias = true, bool use_rslora = false, string init_lora_weights = "true", Device? device = null, ScalarType? dtype = null)
+        bool bias = true, bool use_rslora = false, string init_lora_weights = "true", Device? device = null, ScalarType? dtype = null,
+        LoraConvFactorization factorization = LoraConvFactorization.Loralib)
     {
         var (w, b, init) = ConvBase(in_channels, out_channels, [kernel_size, kernel_size, kernel_size], r, lora_alpha, lora_dropout, groups, bias, init_lora_weights, device, dtype);
-        return new Modules.Conv3d(w, b, [stride, stride, stride], [padding, padding, padding], [dilation, dilation, dilation], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init);
+        return new Modules.Conv3d(w, b, [stride, stride, stride], [padding, padding, padding], [dilation, dilation, dilation], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init, factorization: factorization);
     }
 
     private static (TorchSharp.Modules.Parameter weight, TorchSharp.Modules.Parameter? bias, LoraInitKind init) ConvBase(long in_channels,
@@ -180,7 +201,7 @@ public static partial class lora
     /// <param name="in_channels">Input channels.</param>
     /// <param name="out_channels">Output channels.</param>
     /// <param name="kernel_size">Kernel size (height, width).</param>
-    /// <param name="r">Rank of the update (default 0); must be divisible by <paramref name="groups"/>.</param>
+    /// <param name="r">Rank of the update (default 0); with the PEFT factorisation it must be divisible by <paramref name="groups"/>.</param>
     /// <param name="lora_alpha">α (default 1).</param>
     /// <param name="lora_dropout">Dropout on the LoRA branch input, in [0, 1) (default 0).</param>
     /// <param name="merge_weights">Merge on <c>eval()</c>, unmerge on <c>train()</c> (default true).</param>
@@ -193,24 +214,26 @@ public static partial class lora
     /// <param name="init_lora_weights">"true", "gaussian" or "false".</param>
     /// <param name="device">Device of the parameters.</param>
     /// <param name="dtype">Type of the base parameters.</param>
+    /// <param name="factorization">How ΔW is factored (default <see cref="LoraConvFactorization.Loralib"/>, loralib's layout and
+    /// checkpoints; <see cref="LoraConvFactorization.Peft"/> for PEFT's two convolutions, as injection uses).</param>
     /// <returns>The layer, in training mode.</returns>
     public static Modules.Conv2d Conv2d(long in_channels, long out_channels, (long, long) kernel_size, int r = 0, double lora_alpha = 1,
         double lora_dropout = 0, bool merge_weights = true, (long, long)? stride = null, (long, long)? padding = null,
         (long, long)? dilation = null, long groups = 1, bool bias = true, bool use_rslora = false, string init_lora_weights = "true",
-        Device? device = null, ScalarType? dtype = null)
+        Device? device = null, ScalarType? dtype = null, LoraConvFactorization factorization = LoraConvFactorization.Loralib)
     {
         var (w, b, init) = ConvBase(in_channels, out_channels, [kernel_size.Item1, kernel_size.Item2], r, lora_alpha, lora_dropout, groups, bias, init_lora_weights, device, dtype);
         var s = stride ?? (1, 1);
         var p = padding ?? (0, 0);
         var d = dilation ?? (1, 1);
-        return new Modules.Conv2d(w, b, [s.Item1, s.Item2], [p.Item1, p.Item2], [d.Item1, d.Item2], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init);
+        return new Modules.Conv2d(w, b, [s.Item1, s.Item2], [p.Item1, p.Item2], [d.Item1, d.Item2], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init, factorization: factorization);
     }
 
     /// <summary>Creates a 3-D LoRA convolution with per-dimension sizes, as TorchSharp's tuple overload of <c>nn.Conv3d</c>.</summary>
     /// <param name="in_channels">Input channels.</param>
     /// <param name="out_channels">Output channels.</param>
     /// <param name="kernel_size">Kernel size (depth, height, width).</param>
-    /// <param name="r">Rank of the update (default 0); must be divisible by <paramref name="groups"/>.</param>
+    /// <param name="r">Rank of the update (default 0); with the PEFT factorisation it must be divisible by <paramref name="groups"/>.</param>
     /// <param name="lora_alpha">α (default 1).</param>
     /// <param name="lora_dropout">Dropout on the LoRA branch input, in [0, 1) (default 0).</param>
     /// <param name="merge_weights">Merge on <c>eval()</c>, unmerge on <c>train()</c> (default true).</param>
@@ -223,16 +246,18 @@ public static partial class lora
     /// <param name="init_lora_weights">"true", "gaussian" or "false".</param>
     /// <param name="device">Device of the parameters.</param>
     /// <param name="dtype">Type of the base parameters.</param>
+    /// <param name="factorization">How ΔW is factored (default <see cref="LoraConvFactorization.Loralib"/>, loralib's layout and
+    /// checkpoints; <see cref="LoraConvFactorization.Peft"/> for PEFT's two convolutions, as injection uses).</param>
     /// <returns>The layer, in training mode.</returns>
     public static Modules.Conv3d Conv3d(long in_channels, long out_channels, (long, long, long) kernel_size, int r = 0, double lora_alpha = 1,
         double lora_dropout = 0, bool merge_weights = true, (long, long, long)? stride = null, (long, long, long)? padding = null,
         (long, long, long)? dilation = null, long groups = 1, bool bias = true, bool use_rslora = false, string init_lora_weights = "true",
-        Device? device = null, ScalarType? dtype = null)
+        Device? device = null, ScalarType? dtype = null, LoraConvFactorization factorization = LoraConvFactorization.Loralib)
     {
         var (w, b, init) = ConvBase(in_channels, out_channels, [kernel_size.Item1, kernel_size.Item2, kernel_size.Item3], r, lora_alpha, lora_dropout, groups, bias, init_lora_weights, device, dtype);
         var s = stride ?? (1, 1, 1);
         var p = padding ?? (0, 0, 0);
         var d = dilation ?? (1, 1, 1);
-        return new Modules.Conv3d(w, b, [s.Item1, s.Item2, s.Item3], [p.Item1, p.Item2, p.Item3], [d.Item1, d.Item2, d.Item3], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init);
+        return new Modules.Conv3d(w, b, [s.Item1, s.Item2, s.Item3], [p.Item1, p.Item2, p.Item3], [d.Item1, d.Item2, d.Item3], groups, r, lora_alpha, lora_dropout, merge_weights, use_rslora, init, factorization: factorization);
     }
 }

@@ -9,7 +9,8 @@ public static partial class lora
     /// <summary>
     /// Freezes every parameter of <paramref name="model"/> except the LoRA factors and, per <paramref name="bias"/>, biases.
     /// A parameter is a LoRA factor when a dot-separated segment of its name is exactly <c>lora_A</c> or <c>lora_B</c>
-    /// (so a module called e.g. <c>my_lora_head</c> is not swept in).
+    /// (so a module called e.g. <c>my_lora_head</c> is not swept in). Factors of named adapters that are not active in their
+    /// layer (see <see cref="set_adapter"/>) are frozen too, as in PEFT.
     /// </summary>
     /// <param name="model">The model to change in place.</param>
     /// <param name="bias">"none" (default), "all" (every <c>bias</c>) or "lora_only" (biases of LoRA layers).</param>
@@ -17,16 +18,28 @@ public static partial class lora
     public static void mark_only_lora_as_trainable(nn.Module model, string bias = "none") =>
         mark_only_lora_as_trainable(model, ParseBias(bias));
 
-    /// <summary>Freezes everything but the LoRA factors and, per <paramref name="bias"/>, biases.</summary>
+    /// <summary>Freezes everything but the LoRA factors of active adapters and, per <paramref name="bias"/>, biases.</summary>
     /// <param name="model">The model to change in place.</param>
     /// <param name="bias">Which biases stay trainable.</param>
     public static void mark_only_lora_as_trainable(nn.Module model, LoraBias bias)
     {
         ArgumentNullException.ThrowIfNull(model);
         var loraBiases = LoraBiasNames(model);
+
+        // Factors of named adapters that are not active stay frozen, as PEFT: only the active adapters train.
+        var inactive = new HashSet<IntPtr>();
+        foreach (var (_, layer) in LoraLayers(model))
+        {
+            foreach (var adapter in layer.adapter_names.Where(a => !layer.active_adapters.Contains(a)))
+            {
+                inactive.Add(layer.get_lora_A(adapter).Handle);
+                inactive.Add(layer.get_lora_B(adapter).Handle);
+            }
+        }
+
         foreach (var (name, parameter) in model.named_parameters())
         {
-            parameter.requires_grad = IsLoraParameterName(name) || IsSelectedBias(name, bias, loraBiases);
+            parameter.requires_grad = (IsLoraParameterName(name) && !inactive.Contains(parameter.Handle)) || IsSelectedBias(name, bias, loraBiases);
         }
     }
 

@@ -85,7 +85,10 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             label.Task == LoraTaskKind.Regression ? (float)statistics.StandardDeviation : 1f);
 
         using var channel = host.Start("LoraFineTuning");
-        var model = LoraTextModel.Create(options.BaseModel, device, options.Precision, label, settings, seed);
+        // Training never merges (the base may be shared with other models in this process); a private merged copy, when
+        // LoraBaseModels.PrivateMergedCopies asks for one, is built at the end.
+        bool mergedCopy = LoraBaseModels.PrivateMergedCopies;
+        var model = LoraTextModel.Create(options.BaseModel, device, options.Precision, label, settings, seed, mergedCopy: false);
         try
         {
             int maxPositions = model.Model.Bert.Config.MaxPositionEmbeddings;
@@ -98,7 +101,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             if (options.InitialPeftAdapter is not null)
             {
                 PeftStart.Load(model, options.InitialPeftAdapter, message => MlNetHost.Info(channel, message));
-                if (options.MaxEpochs == 0)
+                if (options.MaxEpochs == 0 && !mergedCopy)
                 {
                     model.Model.eval();
                     return new LoraTransformer(model, Columns, options.InferenceBatchSize);
@@ -108,18 +111,18 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             model.Model.Bert.GradientCheckpointing = options.GradientCheckpointing;
             var trainer = new LoraTrainer(env, channel, options, model, training, validation, seed);
             var best = trainer.Train(statistics.Rows);
-            if (best is null && !trainer.UsedEvalMode)
+            if (best is null && !mergedCopy)
             {
                 model.Model.eval();
                 return new LoraTransformer(model, Columns, options.InferenceBatchSize);
             }
 
-            // Validation switched to eval mode, which merges LoRA into the base weights and unmerges it again: in
-            // floating point that is not exact. Rebuild on a fresh base, exactly as loading a saved model does.
+            // The best epoch's adapter, or a private merged copy: rebuild on the (shared) base, exactly as loading a saved
+            // model does.
             var state = best ?? model.AdapterState();
             try
             {
-                var rebuilt = LoraTextModel.Create(options.BaseModel, device, options.Precision, label, settings, seed);
+                var rebuilt = LoraTextModel.Create(options.BaseModel, device, options.Precision, label, settings, seed, mergedCopy);
                 rebuilt.LoadAdapterState(state);
                 rebuilt.Model.eval();
                 model.Dispose();

@@ -16,21 +16,29 @@ namespace Microsoft.ML.Lora;
 /// <remarks>
 /// <c>mlContext.Model.Save</c> writes the options, the label's key values, the base-model reference (kind, location,
 /// weights SHA-256), the requested <see cref="LoraPrecision"/> and only the LoRA and head tensors (float32);
-/// <c>mlContext.Model.Load</c> rebuilds the model from the base
-/// model on this machine and checks its fingerprint. The embedded MiniLM is found wherever the package is installed; a
-/// Hugging Face folder or ONNX file is looked up at the recorded absolute path, or at the path in the environment variable
-/// <c>MICROSOFT_ML_LORA_BASE_MODEL</c> when the base model has moved (a folder, or an .onnx file with vocab.txt beside it).
+/// <c>mlContext.Model.Load</c> rebuilds the model on the base with the recorded weights SHA-256, found by content
+/// (see <see cref="LoraBaseModels"/>): the embedded MiniLM wherever the package is installed, a base already loaded in
+/// this process, the path in the environment variable <c>MICROSOFT_ML_LORA_BASE_MODEL</c>, registered bases and search
+/// directories, then the recorded location. Models on the same base share one copy of its weights in memory and run
+/// LoRA unmerged on it (see <see cref="LoraBaseModels.PrivateMergedCopies"/>).
 /// <para>
-/// Lifetime: <see cref="Dispose"/> releases native memory promptly. ML.NET's <c>PredictionEngine</c> disposes the
-/// transformer it was created from when it is disposed (unless created with <c>OwnsTransformer = false</c>), which would
-/// break other engines sharing the model (as in a pool). So each row mapper handed out (one per engine) takes a reference,
-/// each <see cref="Dispose"/> call releases one, and the weights are freed when the last reference is released.
+/// Lifetime: <see cref="Dispose"/> is idempotent: the owner's first call ends the transformer (then <see cref="Transform"/>
+/// and new prediction engines throw <see cref="ObjectDisposedException"/>), later calls do nothing. Prediction engines made
+/// earlier and cursors still open keep working: each holds its own reference on the model, and the native memory (and this
+/// model's lease on its shared base) is freed when the last one is gone. ML.NET's <c>PredictionEngine</c> calls
+/// <see cref="Dispose"/> on the transformer when the engine is disposed (unless created with <c>OwnsTransformer = false</c>);
+/// such a call releases that engine's reference only, so disposing one engine of a pool never breaks the others nor the owner.
+/// (ML.NET tells the transformer which caller it is by nothing but the call stack, which is what is looked at.) An engine
+/// created with <c>OwnsTransformer = false</c> never reports that it is done, so its reference, and the model, stay until
+/// the process ends.
 /// </para>
 /// </remarks>
 public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
 {
     private readonly Lock gate = new();
-    private int references = 1;
+    private int references = 1;     // the owner's, the engines' and the open cursors'
+    private int engineReferences;   // taken by GetRowToRowMapper, released by an engine's Dispose call
+    private bool ownerDisposed;
 
     internal LoraTransformer(LoraTextModel model, ColumnNames columns, int inferenceBatchSize)
     {
@@ -82,30 +90,80 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
         var mapper = new LoraRowMapper(this, inputSchema);
         lock (gate)
         {
-            ObjectDisposedException.ThrowIf(references == 0, this);
+            ObjectDisposedException.ThrowIf(ownerDisposed, this);
             references++;
+            engineReferences++;
         }
 
         return mapper;
     }
 
     /// <summary>
-    /// Writes the adapter as a Hugging Face PEFT directory (<c>adapter_config.json</c> + <c>adapter_model.safetensors</c>, the
-    /// classification head as <c>modules_to_save</c>). Module paths are those of Hugging Face's <c>BertForSequenceClassification</c>,
-    /// so PEFT loads it onto the same base model; <see cref="LoraFineTuningOptions.InitialPeftAdapter"/> reads it back.
+    /// Writes the adapter as a Hugging Face PEFT directory: <c>adapter_config.json</c> (<c>task_type</c> SEQ_CLS) and
+    /// <c>adapter_model.safetensors</c> with the classification head as <c>modules_to_save</c> in Hugging Face's form
+    /// (binary: two logits; regression: in label units; exact conversions of ours), plus <c>head_config.json</c>: the
+    /// <c>AutoModelForSequenceClassification.from_pretrained</c> arguments (num_labels, id2label, label2id,
+    /// problem_type), the pooling and whether the export is exactly Hugging Face's model. Module paths are those of
+    /// Hugging Face's <c>BertForSequenceClassification</c>. With <see cref="LoraFineTuningOptions.Pooling"/> =
+    /// <see cref="PoolingMode.Cls"/> on a base with a pooler, PEFT on that base predicts what <see cref="Transform"/> does;
+    /// with mean pooling it cannot (head_config.json says so). <see cref="LoraFineTuningOptions.InitialPeftAdapter"/>
+    /// reads the directory back.
     /// </summary>
-    /// <param name="directory">The directory to write (created if needed).</param>
+    /// <param name="directory">The directory to write (created if needed); files are written whole, then moved into place.</param>
     /// <returns>The directory written.</returns>
     public string SavePeftAdapter(string directory)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(directory);
-        return PeftAdapter.Save(Model.Model, directory);
+        string staging = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar) + ".staging-" + Guid.NewGuid().ToString("N");
+        try
+        {
+            PeftAdapter.Save(Model.Model, staging);
+            var (tensors, metadata) = SafeTensors.Read(Path.Combine(staging, PeftAdapter.WeightsFileName));
+            try
+            {
+                var (weight, bias) = HuggingFaceHead.ToHuggingFace(Task, Model.Settings, tensors[HuggingFaceHead.WeightKey], tensors[HuggingFaceHead.BiasKey]);
+                tensors[HuggingFaceHead.WeightKey].Dispose();
+                tensors[HuggingFaceHead.BiasKey].Dispose();
+                tensors[HuggingFaceHead.WeightKey] = weight;
+                tensors[HuggingFaceHead.BiasKey] = bias;
+                var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(staging, PeftAdapter.ConfigFileName)))!;
+                config["task_type"] = "SEQ_CLS";
+                Directory.CreateDirectory(directory);
+                SafeTensors.Write(Path.Combine(directory, PeftAdapter.WeightsFileName), tensors, metadata);
+                AtomicFile.WriteText(Path.Combine(directory, PeftAdapter.ConfigFileName),
+                    config.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+                AtomicFile.WriteText(Path.Combine(directory, HuggingFaceHead.FileName),
+                    HuggingFaceHead.Describe(Model.Label, Model.Settings, Model.Model.Bert.HasPoolingLayer));
+            }
+            finally
+            {
+                foreach (var tensor in tensors.Values)
+                {
+                    tensor.Dispose();
+                }
+            }
+        }
+        finally
+        {
+            if (Directory.Exists(staging))
+            {
+                Directory.Delete(staging, recursive: true);
+            }
+        }
+
+        return directory;
     }
 
     /// <summary>Lazily adds the prediction columns; one forward pass per <see cref="LoraFineTuningOptions.InferenceBatchSize"/> rows.</summary>
+    /// <exception cref="ObjectDisposedException">The transformer was disposed.</exception>
     public IDataView Transform(IDataView input)
     {
         ArgumentNullException.ThrowIfNull(input);
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(ownerDisposed, this);
+        }
+
         return new LoraDataView(input, this);
     }
 
@@ -144,16 +202,66 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
 
     float[] ITextScorer.Predict(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs) => Model.Predict(texts, pairs);
 
-    void ICanSaveModel.Save(ModelSaveContext ctx) => LoraModelFile.Save(this, ctx);
+    void ITextScorer.AddReference() => AddReference();
 
-    /// <summary>
-    /// Releases one reference (see the remarks); the last one frees the native memory of the model, after which predictions
-    /// throw <see cref="ObjectDisposedException"/>.
-    /// </summary>
-    public void Dispose()
+    void ITextScorer.ReleaseReference() => ReleaseReference();
+
+    /// <summary>True once the native memory is freed (no owner, engine or cursor holds the model any more).</summary>
+    internal bool IsReleased
+    {
+        get
+        {
+            lock (gate)
+            {
+                return references == 0;
+            }
+        }
+    }
+
+    /// <summary>Takes a reference for a cursor that computes predictions.</summary>
+    /// <exception cref="ObjectDisposedException">The transformer was disposed.</exception>
+    internal void AddReference()
     {
         lock (gate)
         {
+            ObjectDisposedException.ThrowIf(ownerDisposed || references == 0, this);
+            references++;
+        }
+    }
+
+    /// <summary>Releases a reference taken by <see cref="AddReference"/>.</summary>
+    internal void ReleaseReference() => Release(fromEngine: false, cursor: true);
+
+    void ICanSaveModel.Save(ModelSaveContext ctx) => LoraModelFile.Save(this, ctx);
+
+    /// <summary>
+    /// Ends the transformer: the first call by its owner releases the owner's reference; later calls do nothing. A call
+    /// made by a <c>PredictionEngine</c> being disposed releases that engine's reference instead. The native memory is
+    /// freed when the owner, every engine and every open cursor have let go (see the remarks).
+    /// </summary>
+    public void Dispose() => Release(fromEngine: engineReferences > 0 && CalledByPredictionEngine(), cursor: false);
+
+    private void Release(bool fromEngine, bool cursor)
+    {
+        lock (gate)
+        {
+            if (cursor)
+            {
+                // A cursor's reference.
+            }
+            else if (fromEngine && engineReferences > 0)
+            {
+                engineReferences--;
+            }
+            else if (!ownerDisposed)
+            {
+                ownerDisposed = true;
+            }
+            else
+            {
+                return;
+            }
+
             if (references == 0 || --references > 0)
             {
                 return;
@@ -161,5 +269,24 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
         }
 
         Model.Dispose();
+    }
+
+    /// <summary>
+    /// Whether this call comes from ML.NET's <c>PredictionEngine</c> disposing itself (directly, or through a
+    /// <c>TransformerChain</c> it owns). ML.NET gives the transformer no other sign of which engine lets go.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static bool CalledByPredictionEngine()
+    {
+        foreach (var frame in new System.Diagnostics.StackTrace(fNeedFileInfo: false).GetFrames())
+        {
+            var type = frame.GetMethod()?.DeclaringType;
+            if (type is { Namespace: "Microsoft.ML" } && type.Name.StartsWith("PredictionEngineBase`", StringComparison.Ordinal))
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 }

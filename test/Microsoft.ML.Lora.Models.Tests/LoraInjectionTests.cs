@@ -151,4 +151,36 @@ public sealed class LoraInjectionTests
         model.eval();
         Assert.IsTrue(TestData.MaxAbsDiff(before, model.forward(ids, mask, types)) > 1e-3);
     }
+
+    [TestMethod]
+    public void BaseStateDict_AfterEvalMergesRandomAdapter_EqualsBaseWeightsAndFingerprint()
+    {
+        // loralib #190 at the model level: eval() merges ΔW into the weights, but the exported base and its fingerprint
+        // are those of the base model, bit for bit.
+        using var scope = NewDisposeScope();
+        using var model = TestData.TinyModel(seed: 32, pooler: true);
+        var baseline = model.BaseStateDict().ToDictionary(p => p.Key, p => p.Value.detach().clone());
+        var fingerprint = WeightsFingerprint.Compute(model.BaseStateDict());
+        lora.inject_adapter_in_model(new LoraConfig { r = 2, lora_alpha = 4, target_modules = ["query", "value"] }, model);
+        torch.manual_seed(33);
+        using (no_grad())
+        {
+            foreach (var (name, p) in model.named_parameters().Where(p => p.name.EndsWith("lora_B", StringComparison.Ordinal)))
+            {
+                nn.init.normal_(p, 0, 0.5);
+            }
+        }
+
+        model.eval();
+        var merged = model.named_modules().Select(m => m.module).OfType<ILoraLayer>().ToList();
+        Assert.IsTrue(merged.Count == 4 && merged.All(l => l.merged), "4 LoRA layers, merged by eval()");
+        var exported = model.BaseStateDict();
+        CollectionAssert.AreEquivalent(baseline.Keys.ToArray(), exported.Keys.ToArray());
+        foreach (var (key, value) in baseline)
+        {
+            Assert.IsTrue(exported[key].Equals(value), $"{key}: bit-identical to the base");
+        }
+
+        Assert.AreEqual(fingerprint, WeightsFingerprint.Compute(exported));
+    }
 }

@@ -72,7 +72,10 @@ public sealed class MixedPrecisionTests
             }
             else
             {
-                Assert.AreEqual(ScalarType.BFloat16, p.dtype, $"{name}: the frozen encoder is bfloat16");
+                // Autocast's policy: the linear weights and embedding tables in bfloat16, LayerNorm (and with it the
+                // residual stream) in float32.
+                var expected = name.Contains("LayerNorm", StringComparison.Ordinal) ? ScalarType.Float32 : ScalarType.BFloat16;
+                Assert.AreEqual(expected, p.dtype, $"{name}: the frozen encoder's dtype");
                 Assert.IsFalse(p.requires_grad, $"{name} is frozen");
                 frozen++;
             }
@@ -83,8 +86,8 @@ public sealed class MixedPrecisionTests
         Assert.AreEqual(ScalarType.Float32, fp32.Model.EncoderDtype);
         Assert.IsTrue(fp32.Model.Model.parameters().All(p => p.dtype == ScalarType.Float32), "Float32: every parameter float32");
 
-        // For inference the float32 CPU model merges ΔW into the base; the bfloat16 one keeps the branches.
-        Assert.IsTrue(fp32.Model.Model.modules().OfType<ILoraLayer>().All(l => l.merged), "float32 on the CPU: merged");
+        // Both run LoRA unmerged on a shared base (LoraBaseModels.PrivateMergedCopies is off by default; bfloat16 never merges).
+        Assert.IsTrue(fp32.Model.Model.modules().OfType<ILoraLayer>().All(l => !l.merged), "float32 on the CPU: unmerged on the shared base");
         Assert.IsTrue(model.Model.modules().OfType<ILoraLayer>().All(l => !l.merged), "bfloat16: not merged");
     }
 
@@ -98,7 +101,7 @@ public sealed class MixedPrecisionTests
         var label = LabelInfo.Create(LoraTaskKind.BinaryClassification, 2, null, null);
         var settings = new AdapterSettings(options.Rank, options.Alpha, options.Dropout, options.TargetModules.ToList(), false,
             options.Pooling, options.MaxSequenceLength, 0f, 1f);
-        using var model = LoraTextModel.Create(baseModel, CPU, options.Precision, label, settings, seed: 9);
+        using var model = LoraTextModel.Create(baseModel, CPU, options.Precision, label, settings, seed: 9, mergedCopy: false);
         var training = new TrainingData(data, "Text", null, "Label", LoraTaskKind.BinaryClassification);
         using var channel = env.Register("test").Start("test");
         var trainer = new LoraTrainer(env, channel, options, model, training, null, seed: 9);
@@ -163,19 +166,75 @@ public sealed class MixedPrecisionTests
             var metrics = context.BinaryClassification.Evaluate(loaded.Transform(data));
             Assert.IsGreaterThanOrEqualTo(0.9, metrics.Accuracy, $"accuracy of the float32 reload {metrics.Accuracy}");
 
-            // Same adapter and base, encoder in float32 instead of bfloat16: logits differ by the encoder's bfloat16
-            // rounding only (bfloat16 keeps 8 significant bits, relative 2^-8 ≈ 0.4%; observed at most 0.009 for logits
-            // up to 2.3 in magnitude). Allowed: 0.02 + 1% of the logit.
+            // Same adapter and base, encoder in float32 instead of bfloat16. Error model: bfloat16 rounds each matmul's
+            // output to 8 significant bits (unit roundoff u = 2^-8); what that does to a logit depends on the row. Most rows
+            // move by about u·|logit|, but a row near a discontinuity of the trained model (an attention score near a tie)
+            // can move by much more, in float32 as well. So each row's sensitivity s_i is measured on the float32 model:
+            // the largest logit change over 16 runs whose embedding and layer outputs are multiplied by (1 + u·r), r
+            // uniform in [-1, 1]. Allowed: 0.02 + 1% of the logit + 3·s_i. Measured with the autocast policy on an AMD EPYC
+            // (avx512_bf16) with oneDNN's default kernels and with ONEDNN_MAX_CPU_ISA=AVX2: |difference| / s_i at most 1.06,
+            // largest difference 0.05 / 0.07 (the two kernel families train different adapters; each has one row with
+            // s_i ≈ 0.5, most rows ≈ 0.001). Before the autocast policy (whole encoder in bfloat16) oneDNN's default kernels
+            // gave a row 0.45 off with s_i = 0.05: the residual stream and LayerNorm in bfloat16 added error at every layer.
             float[] inBf16 = Scores(bf16), inFp32 = Scores(loaded);
+            float[] sensitivity = RoundingSensitivity(loaded, Math.Pow(2, -8), trials: 16);
             for (int i = 0; i < inBf16.Length; i++)
             {
-                Assert.AreEqual(inFp32[i], inBf16[i], 0.02 + (0.01 * Math.Abs(inFp32[i])), $"row {i}");
+                double allowed = 0.02 + (0.01 * Math.Abs(inFp32[i])) + (3 * sensitivity[i]);
+                Assert.AreEqual(inFp32[i], inBf16[i], allowed, $"row {i}: sensitivity {sensitivity[i]}");
             }
+
+            // Most rows are well conditioned: there the plain bound holds (observed on both kernel families: 63 of 64).
+            int plain = Enumerable.Range(0, inBf16.Length).Count(i => Math.Abs(inFp32[i] - inBf16[i]) <= 0.02 + (0.01 * Math.Abs(inFp32[i])));
+            Assert.IsGreaterThanOrEqualTo(0.9 * inBf16.Length, plain, $"{plain} of {inBf16.Length} rows within 0.02 + 1%");
         }
         finally
         {
             loaded.Dispose();
         }
+    }
+
+    /// <summary>
+    /// Per row, the largest change of the binary logit when the float32 model's embedding output and each encoder
+    /// layer's output are multiplied by (1 + <paramref name="relative"/>·r), r uniform in [-1, 1], over
+    /// <paramref name="trials"/> seeded runs: how much rounding of that size can move the row.
+    /// </summary>
+    private static float[] RoundingSensitivity(LoraTransformer model, double relative, int trials)
+    {
+        var texts = context.Data.CreateEnumerable<BinaryRow>(data, reuseRowObject: false).Select(r => r.Text).ToList();
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var text = model.Model;
+        var (ids, mask, types) = text.Tokenizer.Encode(texts, null, text.Settings.MaxSequenceLength).ToTensors(CPU);
+        var modules = text.Model.named_modules().ToDictionary(p => p.name, p => p.module);
+        var embeddings = (nn.Module<Tensor, Tensor, Tensor>)modules["bert.embeddings"];
+        var layers = Enumerable.Range(0, text.Model.Bert.Config.NumHiddenLayers)
+            .Select(l => (nn.Module<Tensor, Tensor, Tensor>)modules[$"bert.encoder.layer.{l}"]).ToList();
+        var head = (nn.Module<Tensor, Tensor>)modules["classifier"];
+        using var additive = mask.to(ScalarType.Float32).neg().add(1).mul(float.MinValue).unsqueeze(1).unsqueeze(2);
+
+        Tensor Logits(double eps, long seed)
+        {
+            var generator = new Generator((ulong)seed);
+            Tensor Round(Tensor h) => eps == 0 ? h : h * rand(h.shape, generator: generator).mul(2 * eps).add(1 - eps);
+            var hidden = Round(embeddings.call(ids, types));
+            foreach (var layer in layers)
+            {
+                hidden = Round(layer.call(hidden, additive));
+            }
+
+            return head.call(Pooling.Pool(hidden, mask, text.Settings.Pooling, normalize: false)).squeeze(-1);
+        }
+
+        var clean = Logits(0, 0);
+        Assert.IsTrue(clean.allclose(text.Model.call(ids, mask, types).squeeze(-1), rtol: 1e-5, atol: 1e-5), "the layer-by-layer run is the model's forward");
+        var worst = zeros_like(clean);
+        for (int t = 1; t <= trials; t++)
+        {
+            worst = maximum(worst, Logits(relative, t).sub(clean).abs());
+        }
+
+        return worst.data<float>().ToArray();
     }
 
     [TestMethod]
@@ -244,7 +303,7 @@ public sealed class MixedPrecisionTests
     {
         var label = LabelInfo.Create(LoraTaskKind.BinaryClassification, 2, null, null);
         var settings = new AdapterSettings(4, 8, 0, ["query", "value"], false, PoolingMode.Mean, 16, 0f, 1f);
-        using var model = LoraTextModel.Create(baseModel, CPU, LoraPrecision.BFloat16, label, settings, seed: 3);
+        using var model = LoraTextModel.Create(baseModel, CPU, LoraPrecision.BFloat16, label, settings, seed: 3, mergedCopy: false);
         using (no_grad())
         {
             foreach (var (name, p) in model.Model.named_parameters().Where(p => p.name.EndsWith(".lora_B", StringComparison.Ordinal)))

@@ -12,8 +12,8 @@ internal static class TinyBert
     public static readonly string[] Neutral = ["table", "chair", "paper", "window", "door", "box"];
     public static readonly string[] Filler = ["the", "movie", "food", "service", "was", "is", "it", "this", "very", "really", "a", "and"];
 
-    /// <summary>Writes a random BERT (hidden 32, 2 layers, 4 heads) to <paramref name="directory"/>; returns its descriptor.</summary>
-    public static PretrainedModel Create(string directory, long seed = 1)
+    /// <summary>Writes a random BERT (hidden 32, 2 layers, 4 heads; with a pooler when asked) to <paramref name="directory"/>; returns its descriptor.</summary>
+    public static PretrainedModel Create(string directory, long seed = 1, bool pooler = false)
     {
         Directory.CreateDirectory(directory);
         var vocab = new List<string> { "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "." };
@@ -34,7 +34,7 @@ internal static class TinyBert
             AttentionProbsDropoutProb = 0.1,
         };
         torch.random.manual_seed(seed);
-        using var model = new BertModel(config);
+        using var model = new BertModel(config, pooler);
         model.SaveHuggingFace(directory);
         return PretrainedModel.FromHuggingFaceFolder(directory);
     }

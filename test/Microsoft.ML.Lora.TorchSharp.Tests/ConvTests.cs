@@ -8,11 +8,11 @@ namespace Microsoft.ML.Lora.Tests;
 public sealed class ConvTests
 {
     [TestMethod]
-    public void Conv2d_GroupsOne_UsesPeftShapesAndPeftDeltaWeight()
+    public void Conv2d_PeftFactorization_UsesPeftShapesAndPeftDeltaWeight()
     {
         torch.manual_seed(50);
         using var scope = NewDisposeScope();
-        var layer = lora.Conv2d(3, 5, 3, r: 4, lora_alpha: 8, padding: 1);
+        var layer = lora.Conv2d(3, 5, 3, r: 4, lora_alpha: 8, padding: 1, factorization: LoraConvFactorization.Peft);
         CollectionAssert.AreEqual(new long[] { 4, 3, 3, 3 }, layer.lora_A!.shape, "PEFT lora_A.weight: r × in × k × k");
         CollectionAssert.AreEqual(new long[] { 5, 4, 1, 1 }, layer.lora_B!.shape, "PEFT lora_B.weight: out × r × 1 × 1");
         Randomize(layer.lora_B);
@@ -25,11 +25,11 @@ public sealed class ConvTests
     }
 
     [TestMethod]
-    public void Conv1d_Groups_MergedAgreesAndLoraFactorsAreBlockDiagonal()
+    public void Conv1d_PeftGroups_MergedAgreesAndLoraFactorsAreBlockDiagonal()
     {
         torch.manual_seed(51);
         using var scope = NewDisposeScope();
-        var layer = lora.Conv1d(8, 4, 3, r: 4, lora_alpha: 4, groups: 4);
+        var layer = lora.Conv1d(8, 4, 3, r: 4, lora_alpha: 4, groups: 4, factorization: LoraConvFactorization.Peft);
         CollectionAssert.AreEqual(new long[] { 4, 2, 3 }, layer.lora_A!.shape, "A: r × in/groups × k");
         CollectionAssert.AreEqual(new long[] { 4, 1, 1 }, layer.lora_B!.shape, "B: out × r/groups × 1");
         Randomize(layer.lora_B);
@@ -40,9 +40,9 @@ public sealed class ConvTests
     }
 
     [TestMethod]
-    public void Conv_RankNotDivisibleByGroups_ThrowsNamingR()
+    public void Conv_PeftRankNotDivisibleByGroups_ThrowsNamingR()
     {
-        var e = Assert.ThrowsExactly<ArgumentException>(() => lora.Conv2d(4, 4, 3, r: 3, groups: 2));
+        var e = Assert.ThrowsExactly<ArgumentException>(() => lora.Conv2d(4, 4, 3, r: 3, groups: 2, factorization: LoraConvFactorization.Peft));
         Assert.AreEqual("r", e.ParamName);
     }
 
@@ -64,11 +64,11 @@ public sealed class ConvTests
     }
 
     [TestMethod]
-    public void Conv2d_RectangularKernel_MatchesTorchSharpConvAndMerges()
+    public void Conv2d_PeftRectangularKernel_MatchesTorchSharpConvAndMerges()
     {
         torch.manual_seed(52);
         using var scope = NewDisposeScope();
-        var layer = lora.Conv2d(2, 4, (3, 1), r: 2, lora_alpha: 2, stride: (2, 1), padding: (1, 0), dilation: (1, 2));
+        var layer = lora.Conv2d(2, 4, (3, 1), r: 2, lora_alpha: 2, stride: (2, 1), padding: (1, 0), dilation: (1, 2), factorization: LoraConvFactorization.Peft);
         CollectionAssert.AreEqual(new long[] { 2, 2, 3, 1 }, layer.lora_A!.shape);
         var plain = nn.Conv2d(2, 4, (3, 1), stride: (2, 1), padding: (1, 0), dilation: (1, 2));
         using (no_grad())
@@ -96,5 +96,144 @@ public sealed class ConvTests
         var unmerged = layer.forward(x).detach();
         layer.eval();
         Assert.IsTrue(MaxRelativeDifference(layer.forward(x), unmerged) <= 1e-5);
+    }
+
+    [TestMethod]
+    public void Conv2d_Default_UsesLoralibShapesAndReshapedDeltaWeight()
+    {
+        torch.manual_seed(54);
+        using var scope = NewDisposeScope();
+        var layer = lora.Conv2d(3, 6, 3, r: 2, lora_alpha: 4, padding: 1, groups: 3);
+        Assert.AreEqual(LoraConvFactorization.Loralib, layer.factorization);
+        CollectionAssert.AreEqual(new long[] { 2 * 3, 3 * 3 }, layer.lora_A!.shape, "loralib lora_A: r·k × in·k");
+        CollectionAssert.AreEqual(new long[] { 6 / 3 * 3, 2 * 3 }, layer.lora_B!.shape, "loralib lora_B: out/groups·k × r·k");
+        Randomize(layer.lora_B);
+        var before = layer.weight.detach().clone();
+        var expected = layer.lora_B.detach().matmul(layer.lora_A.detach()).view(layer.weight.shape) * 2.0; // α/r = 2
+        layer.merge();
+        Assert.IsTrue(MaxRelativeDifference(layer.weight - before, expected) <= 1e-6);
+    }
+
+    [TestMethod]
+    public void Conv2d_LoralibCheckpointWithDuplicatedConvKeys_LoadsStrictAndGivesLoralibOutput()
+    {
+        torch.manual_seed(55);
+        using var scope = NewDisposeScope();
+        var w = randn(4, 2, 3, 3) * 0.3;
+        var b = randn(4) * 0.1;
+        var a = randn(2 * 3, 2 * 3) * 0.3;
+        var bB = randn(4 * 3, 2 * 3) * 0.3;
+        // loralib's ConvLoRA registers its inner conv's tensors twice: weight/bias and conv.weight/conv.bias.
+        var checkpoint = new Dictionary<string, Tensor>
+        {
+            ["weight"] = w, ["bias"] = b, ["lora_A"] = a, ["lora_B"] = bB, ["conv.weight"] = w.clone(), ["conv.bias"] = b.clone(),
+        };
+        var layer = lora.Conv2d(2, 4, 3, r: 2, lora_alpha: 3, padding: 1);
+        var (missing, unexpected) = layer.load_state_dict(checkpoint);
+        Assert.AreEqual(0, missing.Count + unexpected.Count);
+
+        var x = randn(2, 2, 5, 5);
+        var loralib = nn.functional.conv2d(x, w + bB.matmul(a).view(4, 2, 3, 3) * 1.5, b, padding: [1, 1]);
+        // 1e-5 relative: conv(x, W) + conv(x, ΔW) against loralib's conv(x, W + ΔW), float32 sums in different orders.
+        Assert.IsTrue(MaxRelativeDifference(layer.forward(x), loralib) <= 1e-5, "unmerged");
+        layer.eval();
+        Assert.IsTrue(MaxRelativeDifference(layer.forward(x), loralib) <= 1e-5, "merged");
+    }
+
+    [TestMethod]
+    public void Conv2d_LoralibCheckpointWhoseDuplicatesDiffer_ThrowsNamingSource()
+    {
+        using var scope = NewDisposeScope();
+        var layer = lora.Conv2d(2, 4, 3, r: 2);
+        var state = layer.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
+        state["conv.weight"] = state["weight"] + 1;
+        var e = Assert.ThrowsExactly<ArgumentException>(() => layer.load_state_dict(state));
+        Assert.AreEqual("source", e.ParamName);
+    }
+
+    [TestMethod]
+    [DataRow(1)]
+    [DataRow(3)]
+    public void Conv1d_Default_GeneralisesLoralibLayoutAndMergesExactly(int kernel)
+    {
+        torch.manual_seed(56);
+        using var scope = NewDisposeScope();
+        var layer = lora.Conv1d(4, 6, kernel, r: 2, lora_alpha: 2, groups: 2);
+        CollectionAssert.AreEqual(new long[] { 2 * kernel, 4 }, layer.lora_A!.shape, "r·k × in (loralib's shape for k = 1)");
+        CollectionAssert.AreEqual(new long[] { 6 / 2 * kernel, 2 * kernel }, layer.lora_B!.shape, "out/groups·k × r·k");
+        Randomize(layer.lora_B);
+        var x = randn(2, 4, 9);
+        var expected = nn.functional.conv1d(x, layer.weight + layer.lora_B.matmul(layer.lora_A).view(layer.weight.shape), layer.bias, groups: 2);
+        Assert.IsTrue(MaxRelativeDifference(layer.forward(x), expected) <= 1e-5, "unmerged");
+        layer.eval();
+        Assert.IsTrue(MaxRelativeDifference(layer.forward(x), expected) <= 1e-5, "merged");
+    }
+
+    [TestMethod]
+    public void Conv_InjectedIntoConvolutions_UsesPeftFactorization()
+    {
+        using var scope = NewDisposeScope();
+        var model = nn.Sequential(("c", nn.Conv2d(2, 4, 3)));
+        lora.inject_adapter_in_model(new LoraConfig { r = 2, target_modules = ["c"] }, model);
+        var layer = (Modules.Conv2d)model.named_modules().Single(m => m.name == "c").module;
+        Assert.AreEqual(LoraConvFactorization.Peft, layer.factorization);
+        CollectionAssert.AreEqual(new long[] { 2, 2, 3, 3 }, layer.lora_A!.shape);
+    }
+
+    [TestMethod]
+    public void LoadLoralibStateDict_ModelWithLoralibConv_FoldsDuplicatedConvKeysAndLoadsStrict()
+    {
+        torch.manual_seed(57);
+        using var scope = NewDisposeScope();
+        var source = nn.Sequential(("features", lora.Conv2d(2, 4, 3, r: 2, lora_alpha: 2, padding: 1)));
+        var conv = (Modules.Conv2d)source.named_modules().Single(m => m.name == "features").module;
+        Randomize(conv.lora_B);
+        // What loralib's model.state_dict() holds: our keys plus features.conv.weight/bias (the same tensors).
+        var loralib = source.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
+        loralib["features.conv.weight"] = loralib["features.weight"].clone();
+        loralib["features.conv.bias"] = loralib["features.bias"].clone();
+
+        var target = nn.Sequential(("features", lora.Conv2d(2, 4, 3, r: 2, lora_alpha: 2, padding: 1)));
+        var (missing, unexpected) = lora.load_loralib_state_dict(target, loralib);
+        Assert.AreEqual(0, missing.Count + unexpected.Count);
+        var x = randn(1, 2, 5, 5);
+        AssertExactlyEqual(target.forward(x), source.forward(x), "loaded model");
+    }
+
+    [TestMethod]
+    public void PeftAdapterSave_LoralibFactorisedConv_ThrowsNamingTheLayerAndFactorisation()
+    {
+        using var scope = NewDisposeScope();
+        var model = nn.Sequential(("c", lora.Conv2d(2, 4, 3, r: 2)));
+        var dir = PeftFiles.TempDir();
+        try
+        {
+            var e = Assert.ThrowsExactly<ArgumentException>(() => PeftAdapter.Save(model, dir));
+            StringAssert.Contains(e.Message, "'c'");
+            StringAssert.Contains(e.Message, "loralib's factorisation");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [TestMethod]
+    public void LoralibStateDict_ModelWithLoralibConv_AddsConvDuplicatesAndRoundTrips()
+    {
+        torch.manual_seed(58);
+        using var scope = NewDisposeScope();
+        var source = nn.Sequential(("features", lora.Conv2d(2, 4, 3, r: 2, lora_alpha: 2, padding: 1)), ("head", lora.Linear(4, 3, r: 1)));
+        var state = lora.loralib_state_dict(source);
+        CollectionAssert.AreEquivalent(
+            new[] { "features.weight", "features.bias", "features.lora_A", "features.lora_B", "features.conv.weight", "features.conv.bias",
+                "head.weight", "head.bias", "head.lora_A", "head.lora_B" },
+            state.Keys.ToArray());
+        Assert.AreSame(state["features.weight"], state["features.conv.weight"], "the same tensor, as in loralib");
+
+        var target = nn.Sequential(("features", lora.Conv2d(2, 4, 3, r: 2, lora_alpha: 2, padding: 1)), ("head", lora.Linear(4, 3, r: 1)));
+        var (missing, unexpected) = lora.load_loralib_state_dict(target, state);
+        Assert.AreEqual(0, missing.Count + unexpected.Count);
+        AssertExactlyEqual(target.state_dict()["features.weight"], source.state_dict()["features.weight"], "weight");
     }
 }

@@ -53,4 +53,23 @@ public sealed class EmbeddingTests
         var e = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => lora.Embedding(4, 2, r: 1, padding_idx: 4));
         Assert.AreEqual("padding_idx", e.ParamName);
     }
+
+    [TestMethod]
+    [DataRow(3L)]
+    [DataRow(null)]
+    public void Inject_EmbeddingWithPaddingIdx_KeepsItAndItsRowGetsNoGradient(long? padding)
+    {
+        torch.manual_seed(77);
+        using var scope = NewDisposeScope();
+        var model = nn.Sequential(("emb", padding is long p ? nn.Embedding(10, 4, padding_idx: p) : nn.Embedding(10, 4)));
+        lora.inject_adapter_in_model(new LoraConfig { r = 2, target_modules = ["emb"], init_lora_weights = "false" }, model);
+        var layer = (Modules.Embedding)model.named_modules().Single(m => m.name == "emb").module;
+        Assert.AreEqual(padding, layer.padding_idx);
+
+        layer.forward(tensor(new long[] { 3, 1, 3, 7 })).sum().backward();
+        using var columnNorms = layer.lora_A!.grad!.abs().sum(dim: 0);
+        Assert.AreEqual(padding is null ? 1.0 : 0.0, columnNorms[3].item<float>() > 0 ? 1.0 : 0.0, "gradient of A's column for id 3");
+        Assert.IsTrue(columnNorms[1].item<float>() > 0, "an ordinary id trains");
+        Assert.IsTrue(layer.weight.grad is null, "the frozen weight gets no gradient (and the probe left none)");
+    }
 }

@@ -290,7 +290,12 @@ public sealed class MultiAdapterTests
         lora.add_weighted_adapter(model, ["a"], [3.0], "a3", "linear");
         Assert.IsTrue(MaxRelativeDifference(q.get_delta_weight("a3"), q.get_delta_weight("a") * 3.0) < 1e-6);
 
-        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => lora.add_weighted_adapter(model, ["a", "b"], [1.0, -1.0], "neg", "linear"));
+        // Negative weights, as PEFT ≥ 0.14: √|w·s| on both factors, the sign on A only.
+        lora.add_weighted_adapter(model, ["a", "b"], [1.0, -0.5], "neg", "linear");
+        var na = Math.Sqrt(1.0 * 2.0);
+        var nb = Math.Sqrt(0.5 * 1.0);
+        Assert.IsTrue(MaxRelativeDifference(q.get_lora_A("neg"), q.get_lora_A("a") * na - q.get_lora_A("b") * nb) < 1e-6);
+        Assert.IsTrue(MaxRelativeDifference(q.get_lora_B("neg"), q.get_lora_B("a") * na + q.get_lora_B("b") * nb) < 1e-6);
         lora.add_adapter(model, "c", new LoraConfig { r = 3, target_modules = ["query"] });
         var e = Assert.ThrowsExactly<ArgumentException>(() => lora.add_weighted_adapter(model, ["a", "c"], [1.0, 1.0], "ac", "linear"));
         StringAssert.Contains(e.Message, "equal ranks");
@@ -312,5 +317,58 @@ public sealed class MultiAdapterTests
         var error = (q.get_delta_weight("svd1").to(ScalarType.Float64) - target.to(ScalarType.Float64)).pow(2).sum().sqrt().item<double>();
         var best = s[1..].pow(2).sum().sqrt().item<double>(); // Eckart–Young: the best rank-1 error
         Assert.AreEqual(best, error, 1e-5 * Math.Max(best, 1e-3));
+    }
+
+    [TestMethod]
+    public void MarkOnlyLoraAsTrainable_InactiveNamedAdapter_StaysFrozen()
+    {
+        using var scope = NewDisposeScope();
+        var model = TwoAdapters(69); // "a" active, "b" inactive
+        lora.mark_only_lora_as_trainable(model);
+        var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.name).ToList();
+        Assert.IsTrue(trainable.Count > 0);
+        Assert.IsTrue(trainable.All(n => n.Contains(".lora_adapters.a.", StringComparison.Ordinal)), string.Join(", ", trainable));
+        Assert.AreEqual(4 * 2, trainable.Count, "A and B of adapter a in 2 queries and 2 values");
+
+        lora.set_adapter(model, "b");
+        lora.mark_only_lora_as_trainable(model);
+        trainable = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.name).ToList();
+        Assert.AreEqual(2 * 2, trainable.Count, "A and B of adapter b in 2 queries");
+        Assert.IsTrue(trainable.All(n => n.Contains(".lora_adapters.b.", StringComparison.Ordinal)), string.Join(", ", trainable));
+    }
+
+    [TestMethod]
+    [DataRow("linear", -0.7)]
+    [DataRow("cat", -0.7)]
+    [DataRow("svd", -0.7)]
+    [DataRow("linear", 2.5)]
+    public void WeightedAdapter_SingleAdapter_DeltaIsWeightTimesIndependentlyComputedDelta(string combination, double weight)
+    {
+        // Independent of the code under test: ΔW = B·A·α/r from the raw factors and the config's α and r.
+        using var scope = NewDisposeScope();
+        var model = TwoAdapters(73);
+        var q = (LoraLayer)model.Module(Q0);
+        var expected = q.get_lora_B("a").detach().to(ScalarType.Float64).matmul(q.get_lora_A("a").detach().to(ScalarType.Float64)) * (4.0 / 2.0) * weight;
+        lora.add_weighted_adapter(model, ["a"], [weight], "w", combination);
+        var actual = q.get_lora_B("w").detach().to(ScalarType.Float64).matmul(q.get_lora_A("w").detach().to(ScalarType.Float64)) * q.get_scaling("w");
+        // float32 factors: relative 1e-6 (one product of rank 2).
+        Assert.IsTrue(MaxRelativeDifference(actual, expected) < 1e-6, $"{combination}, weight {weight}");
+    }
+
+    [TestMethod]
+    [DataRow("cat")]
+    [DataRow("svd")]
+    public void WeightedAdapter_TwoAdaptersWithNegativeWeight_DeltaIsIndependentWeightedSum(string combination)
+    {
+        using var scope = NewDisposeScope();
+        var model = TwoAdapters(74); // a: r 2, α 4; b: r 3, α 6, rsLoRA (scaling 6/√3)
+        var q = (LoraLayer)model.Module(Q0);
+        Tensor Delta(string name, double scaling) =>
+            q.get_lora_B(name).detach().to(ScalarType.Float64).matmul(q.get_lora_A(name).detach().to(ScalarType.Float64)) * scaling;
+        var expected = Delta("a", 4.0 / 2.0) * 0.8 + Delta("b", 6.0 / Math.Sqrt(3.0)) * -1.2;
+        lora.add_weighted_adapter(model, ["a", "b"], [0.8, -1.2], "w", combination, svd_rank: 4);
+        var actual = Delta("w", q.get_scaling("w"));
+        // cat is exact; svd with rank 4 = the layer's full size is exact too. float32 factors: relative 1e-5.
+        Assert.IsTrue(MaxRelativeDifference(actual, expected) < 1e-5, combination);
     }
 }

@@ -5,21 +5,26 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Lora.Modules;
 
 /// <summary>
-/// Convolution with a low-rank update, in PEFT's factorisation: A is a convolution with the base kernel, stride,
-/// padding, dilation and groups and r output channels (weight r × in/groups × kernel); B is a 1×…×1 convolution
-/// from r to out_channels with the same groups (weight out × r/groups × 1…). Forward:
-/// <c>conv(x, W, b) + conv1x1(conv(dropout(x), A), B)·scaling</c>.
+/// Convolution with a low-rank update, in one of two factorisations (<see cref="factorization"/>):
+/// <see cref="LoraConvFactorization.Loralib"/> (loralib's: ΔW = (B·A).view(W.shape), A [r·k₀, in·k₁⋯], B [out/groups·k₀, r·k₀];
+/// forward <c>conv(x, W, b) + conv(dropout(x), B·A viewed as a kernel)·scaling</c>) or
+/// <see cref="LoraConvFactorization.Peft"/> (PEFT's: A is a convolution with the base kernel, stride, padding, dilation and
+/// groups and r output channels (weight r × in/groups × kernel); B is a 1×…×1 convolution from r to out_channels with the
+/// same groups (weight out × r/groups × 1…); forward <c>conv(x, W, b) + conv1x1(conv(dropout(x), A), B)·scaling</c>).
 /// </summary>
 /// <remarks>
-/// Grouped convolutions keep their block structure: output channel group g sees only A's group g, which sees only
+/// <para>With the loralib factorisation, <c>load_state_dict</c> also accepts loralib's duplicated keys <c>conv.weight</c> and
+/// <c>conv.bias</c> (loralib's layer registers its inner convolution's tensors under both names); <c>state_dict()</c> writes
+/// each tensor once, under <c>weight</c>/<c>bias</c>. Unlike loralib, dropout applies to the LoRA branch's input.</para>
+/// <para>PEFT factorisation: grouped convolutions keep their block structure: output channel group g sees only A's group g, which sees only
 /// input group g, so ΔW has the base weight's shape and merging is exact. With groups = 1 the tensors are exactly PEFT's
-/// <c>lora_A.weight</c> / <c>lora_B.weight</c>. (PEFT's A for groups &gt; 1 is dense over all inputs and cannot be merged.)
+/// <c>lora_A.weight</c> / <c>lora_B.weight</c>. (PEFT's A for groups &gt; 1 is dense over all inputs and cannot be merged.)</para>
 /// </remarks>
 public abstract class LoraConvNd : LoraLayer
 {
     private protected LoraConvNd(string name, int dims, Parameter weight, Parameter? bias, long[] stride, long[] padding,
         long[] dilation, long groups, int r, double lora_alpha, double lora_dropout, bool merge_weights, bool use_rslora,
-        LoraInitKind init, string adapter_name, LoraConfig? config)
+        LoraInitKind init, string adapter_name, LoraConfig? config, LoraConvFactorization factorization)
         : base(name, weight, bias, r, lora_alpha, lora_dropout, merge_weights, use_rslora)
     {
         if (weight.dim() != dims + 2)
@@ -38,17 +43,19 @@ public abstract class LoraConvNd : LoraLayer
             throw new ArgumentException($"out_channels ({out_channels}) must be divisible by groups ({groups}).", nameof(groups));
         }
 
-        if (r % groups != 0)
+        if (!Enum.IsDefined(factorization))
         {
-            throw new ArgumentException($"r ({r}) must be divisible by groups ({groups}) so each group gets its own rank-r/groups update.", nameof(r));
+            throw new ArgumentOutOfRangeException(nameof(factorization), factorization, "Unknown convolution factorisation.");
         }
 
+        this.factorization = factorization;
         this.dims = dims;
         kernel_size = weight.shape[2..];
         this.stride = (long[])stride.Clone();
         this.padding = (long[])padding.Clone();
         this.dilation = (long[])dilation.Clone();
         this.groups = groups;
+        CheckRank(r);
 
         if (r > 0)
         {
@@ -78,20 +85,52 @@ public abstract class LoraConvNd : LoraLayer
     /// <summary>Number of blocked connections from input to output channels.</summary>
     public long groups { get; }
 
+    /// <summary>How ΔW is factored: loralib's reshaped matrix product or PEFT's two convolutions (fixed at construction).</summary>
+    public LoraConvFactorization factorization { get; }
+
     private int dims { get; }
 
     private protected override Tensor BaseForward(Tensor input) => Convolve(input, weight, bias, stride, padding, dilation);
 
     private protected override Tensor AdapterForward(Tensor x, Tensor a, Tensor b, int r)
     {
+        if (factorization == LoraConvFactorization.Loralib)
+        {
+            using var product = b.matmul(a);
+            using var kernel = product.view(weight.shape);
+            return Convolve(x, kernel, null, stride, padding, dilation);
+        }
+
         var ones = Enumerable.Repeat(1L, dims).ToArray();
         using var down = Convolve(x, a, null, stride, padding, dilation);
         return Convolve(down, b, null, ones, new long[dims], ones);
     }
 
+    /// <summary>
+    /// loralib's factorisation without dropout: one convolution with the kernel W + Σ scaling·(B·A).view(W.shape), as loralib
+    /// computes it (ΔW is as large as W, so this costs one convolution instead of two). Not used for a half-precision base
+    /// (the factors stay float32) or the PEFT factorisation.
+    /// </summary>
+    private protected override Tensor? FusedForward(Tensor input, IReadOnlyList<(Tensor a, Tensor b, double scaling)> adapters)
+    {
+        if (factorization != LoraConvFactorization.Loralib || adapters.Any(f => f.a.dtype != weight.dtype) || input.dtype != weight.dtype)
+        {
+            return null;
+        }
+
+        using var scope = torch.NewDisposeScope();
+        var kernel = weight.alias();
+        foreach (var (a, b, scaling) in adapters)
+        {
+            kernel = kernel.add(b.matmul(a).view(weight.shape), alpha: scaling);
+        }
+
+        return Convolve(input, kernel, bias, stride, padding, dilation).MoveToOuterDisposeScope();
+    }
+
     private protected override void CheckRank(int r)
     {
-        if (r % groups != 0)
+        if (factorization == LoraConvFactorization.Peft && r % groups != 0)
         {
             throw new ArgumentException($"r ({r}) must be divisible by groups ({groups}) so each group gets its own rank-r/groups update.", nameof(r));
         }
@@ -100,8 +139,20 @@ public abstract class LoraConvNd : LoraLayer
     private protected override (Tensor a, Tensor b) CreateFactors(int r, LoraInitKind init)
     {
         var dtype = LoraArguments.FactorDtype(weight.dtype);
-        long[] aShape = [r, weight.shape[1], .. kernel_size];
-        long[] bShape = [out_channels, r / groups, .. Enumerable.Repeat(1L, dims)];
+        long[] aShape, bShape;
+        if (factorization == LoraConvFactorization.Loralib)
+        {
+            var k0 = kernel_size[0];
+            var rest = kernel_size.Skip(1).Aggregate(1L, (p, k) => p * k);
+            aShape = [r * k0, in_channels * rest];
+            bShape = [out_channels / groups * k0, r * k0];
+        }
+        else
+        {
+            aShape = [r, weight.shape[1], .. kernel_size];
+            bShape = [out_channels, r / groups, .. Enumerable.Repeat(1L, dims)];
+        }
+
         var a = torch.empty(aShape, dtype: dtype, device: weight.device);
         var b = torch.empty(bShape, dtype: dtype, device: weight.device);
         LoraArguments.InitDown(a, r, init);
@@ -109,13 +160,58 @@ public abstract class LoraConvNd : LoraLayer
         return (a, b);
     }
 
-    /// <summary>Per group g: ΔW_g = B_g·A_g, with B_g (out/groups × r/groups) and A_g (r/groups × in/groups·kernel).</summary>
+    /// <summary>
+    /// loralib: (B·A).view(W.shape)·scaling. PEFT, per group g: ΔW_g = B_g·A_g, with B_g (out/groups × r/groups) and
+    /// A_g (r/groups × in/groups·kernel).
+    /// </summary>
     private protected override Tensor DeltaWeight(Tensor a, Tensor b, int r, double scaling)
     {
+        if (factorization == LoraConvFactorization.Loralib)
+        {
+            using var matrix = b.matmul(a);
+            return matrix.reshape(weight.shape).mul_(scaling);
+        }
+
         using var bGroups = b.reshape(groups, out_channels / groups, r / groups);
         using var aGroups = a.reshape(groups, r / groups, -1);
         using var product = bGroups.bmm(aGroups);
         return product.reshape(weight.shape).mul_(scaling);
+    }
+
+    /// <summary>
+    /// Copies parameters and buffers from <paramref name="source"/>, as <c>nn.Module.load_state_dict</c>. With the loralib
+    /// factorisation, loralib's duplicated keys <c>conv.weight</c>/<c>conv.bias</c> are read as <c>weight</c>/<c>bias</c>
+    /// (when both names are present their values must be equal).
+    /// </summary>
+    /// <param name="source">Name → tensor.</param>
+    /// <param name="strict">Whether every key must match (after the renaming).</param>
+    /// <param name="skip">Keys not to load.</param>
+    /// <returns>The missing and unexpected keys.</returns>
+    /// <exception cref="ArgumentException"><c>conv.weight</c> and <c>weight</c> (or the biases) hold different values.</exception>
+    public override (IList<string> missing_keys, IList<string> unexpected_keyes) load_state_dict(Dictionary<string, Tensor> source,
+        bool strict = true, IList<string>? skip = null)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        if (factorization == LoraConvFactorization.Loralib && (source.ContainsKey("conv.weight") || source.ContainsKey("conv.bias")))
+        {
+            source = new Dictionary<string, Tensor>(source, StringComparer.Ordinal);
+            foreach (var name in new[] { "weight", "bias" })
+            {
+                if (!source.Remove("conv." + name, out var duplicate))
+                {
+                    continue;
+                }
+
+                if (source.TryGetValue(name, out var own) && !(own.shape.SequenceEqual(duplicate.shape) && own.Equals(duplicate.to(own.dtype, own.device))))
+                {
+                    throw new ArgumentException($"'conv.{name}' and '{name}' are the same tensor in loralib but differ in this state dict.", nameof(source));
+                }
+
+                source[name] = duplicate;
+            }
+        }
+
+        return base.load_state_dict(source, strict, skip);
     }
 
     private Tensor Convolve(Tensor x, Tensor w, Tensor? b, long[] s, long[] p, long[] d) => dims switch

@@ -12,9 +12,18 @@ namespace Microsoft.ML.Lora.Modules;
 /// <remarks>
 /// <para><c>eval()</c> (or <c>train(false)</c>) adds ΔW = scaling·B·A into <c>weight</c> when <see cref="merge_weights"/>
 /// is set; <c>train()</c> subtracts it again. ΔW is always computed in float32, also for a half-precision base.</para>
-/// <para>The factors that were merged are remembered, so new values written into <c>lora_A</c>/<c>lora_B</c> while the
-/// layer is merged (for example by <c>load_state_dict</c>) are noticed by the next forward, which re-merges them:
-/// loading adapter weights into a merged layer gives the same model as loading them unmerged (loralib #190).</para>
+/// <para>Merging is a cache, never part of the layer's state (loralib #190). While merged, the layer keeps an exact copy of
+/// the base weight W, and <c>state_dict()</c> reports that W under <c>weight</c> (beside the factors), so a checkpoint
+/// taken in <c>eval()</c> equals one taken in <c>train()</c> and never mixes W with ΔW. Values written through a
+/// <c>state_dict()</c> (as <c>load_state_dict</c> does) or into <c>lora_A</c>/<c>lora_B</c> while merged are picked up by
+/// the next forward, <c>state_dict()</c>, <c>merge()</c>, <c>unmerge()</c> or <c>train()</c>, which rebuild the merged weight
+/// from them: loading a checkpoint into a merged layer gives the same model as loading it unmerged, and <c>train()</c>
+/// restores W bit for bit. The <see cref="weight"/> parameter itself holds W + ΔW while merged (that is what forward
+/// uses); a tensor returned by <c>state_dict()</c> while merged is a copy, read back only until the layer's next use.
+/// The cost is one extra copy of the base weight per merged layer. TorchSharp's <c>Sequential</c> builds its
+/// <c>state_dict()</c> from <c>named_parameters()</c> without asking its children, so a merged layer directly inside a
+/// <c>Sequential</c> shows its live W + ΔW there: call <c>train()</c> (or <see cref="unmerge"/>) before saving such a
+/// model; modules held in fields or a <c>ModuleList</c> are not affected.</para>
 /// <para>Named adapters (PEFT semantics): the adapter "default" keeps the loralib parameters <c>lora_A</c>/<c>lora_B</c>
 /// (state_dict keys <c>&lt;path&gt;.lora_A</c>); any other adapter <c>n</c> lives in the child module
 /// <c>lora_adapters.n</c> (keys <c>&lt;path&gt;.lora_adapters.n.lora_A</c>). Forward adds the updates of all
@@ -49,6 +58,11 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     private LoraAdapterModules? _adapterModules;
     private List<string> _active = [];
     private string[]? _rowAdapters;
+
+    // The exact base weight W while any adapter is merged (weight then holds W + ΣΔW), and the copies of it that
+    // state_dict() handed out since the layer was last used; null while nothing is merged. Not a Tensor field, so it is
+    // never registered as a buffer.
+    private MergedBase? _mergedBase;
 
     private readonly double _ctorAlpha;
     private readonly double _ctorDropout;
@@ -122,6 +136,13 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
             CheckSameShape(_weight, value, "weight");
             _weight = (Parameter)value.DetachFromDisposeScope();
             ConditionallyRegisterParameter("weight", _weight);
+            if (_mergedBase is not null)
+            {
+                // The new parameter is the base weight W; the merged updates go back on top of it.
+                using var noGrad = torch.no_grad();
+                _mergedBase.Weight.copy_(value);
+                RebuildMergedWeight();
+            }
         }
     }
 
@@ -195,14 +216,42 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     /// </summary>
     public void merge() => MergeAdapters(_active);
 
-    /// <summary>Subtracts every merged ΔW from the base weight, last merged first. Does nothing if nothing is merged.</summary>
+    /// <summary>
+    /// Removes every merged ΔW: <c>weight</c> gets back the exact base weight W it had before merging (or the W loaded since).
+    /// Does nothing if nothing is merged.
+    /// </summary>
     public void unmerge()
     {
         using var noGrad = torch.no_grad();
-        for (var i = _adapters.Count - 1; i >= 0; i--)
+        Reconcile();
+        foreach (var slot in _adapters)
         {
-            UnmergeSlot(_adapters[i]);
+            DisposeMerged(slot);
         }
+
+        RestoreBaseWeight();
+    }
+
+    /// <summary>
+    /// The layer's state: parameters and buffers by name, as <c>nn.Module.state_dict</c>. While adapters are merged,
+    /// <c>weight</c> is the unmerged base weight W (a copy; ΔW is never mixed in), so the result is the same in
+    /// <c>train()</c> and <c>eval()</c>; values <c>load_state_dict</c> writes into it are applied on the layer's next use.
+    /// </summary>
+    /// <param name="destination">Dictionary to add the entries to (default: a new one).</param>
+    /// <param name="prefix">Prefix of the keys (the layer's path in its model), or null.</param>
+    /// <returns>The dictionary.</returns>
+    public override Dictionary<string, Tensor> state_dict(Dictionary<string, Tensor>? destination = null, string? prefix = null)
+    {
+        Reconcile();
+        var result = base.state_dict(destination, prefix);
+        if (_mergedBase is not null)
+        {
+            var copy = _mergedBase.Weight.detach().clone().DetachFromDisposeScope();
+            _mergedBase.HandedOut.Add(copy);
+            result[string.IsNullOrEmpty(prefix) ? "weight" : prefix + ".weight"] = copy;
+        }
+
+        return result;
     }
 
     /// <summary>
@@ -264,14 +313,21 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
             return BaseForward(input);
         }
 
-        if (merged)
-        {
-            RefreshMergedDeltas();
-        }
+        Reconcile();
 
         if (_rowAdapters is not null)
         {
             return MixedForward(input, _rowAdapters);
+        }
+
+        var pending = _active.Select(Find).Where(slot => slot is not null && slot.Merged is null).ToList();
+        if (pending.Count > 0 && pending.All(slot => slot!.Dropout == 0 || !training))
+        {
+            var fused = FusedForward(input, pending.Select(slot => ((Tensor)Factors(slot!).a, (Tensor)Factors(slot!).b, slot!.Scaling)).ToList());
+            if (fused is not null)
+            {
+                return fused;
+            }
         }
 
         var result = BaseForward(input);
@@ -318,6 +374,14 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     /// Computes scaling·ΔW in float32 with the shape and layout of <c>weight</c>, from float32 copies of the factors.
     /// </summary>
     private protected abstract Tensor DeltaWeight(Tensor a, Tensor b, int r, double scaling);
+
+    /// <summary>
+    /// The whole output in one operation when the layer kind can fold the unmerged active adapters (no dropout on their
+    /// input) into its kernel, or null to use base output plus adapter branches.
+    /// </summary>
+    /// <param name="input">The layer input.</param>
+    /// <param name="adapters">Factors and scaling of each active adapter not merged into <c>weight</c>.</param>
+    private protected virtual Tensor? FusedForward(Tensor input, IReadOnlyList<(Tensor a, Tensor b, double scaling)> adapters) => null;
 
     /// <summary>Throws if an adapter of rank <paramref name="r"/> cannot be added to this layer.</summary>
     /// <param name="r">The rank.</param>
@@ -400,7 +464,19 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         var slot = Slot(name);
         using (torch.no_grad())
         {
-            UnmergeSlot(slot);
+            Reconcile();
+            if (slot.Merged is not null)
+            {
+                DisposeMerged(slot);
+                if (merged)
+                {
+                    RebuildMergedWeight();
+                }
+                else
+                {
+                    RestoreBaseWeight();
+                }
+            }
         }
 
         _adapters.Remove(slot);
@@ -475,6 +551,7 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     internal void MergeAdapters(IEnumerable<string> names)
     {
         using var noGrad = torch.no_grad();
+        Reconcile();
         foreach (var name in names.ToList())
         {
             var slot = Find(name);
@@ -483,9 +560,25 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
                 continue;
             }
 
+            _mergedBase ??= new MergedBase(weight.detach().clone().DetachFromDisposeScope());
             slot.Merged = SnapshotFactors(slot);
             AddDelta(slot.Merged[0], slot.Merged[1], slot, 1.0);
         }
+    }
+
+    /// <summary>
+    /// Forgets the merge bookkeeping (the copy of W and the merged factors) without touching <c>weight</c>: used when the
+    /// merged weight is handed to a plain module and this layer is discarded.
+    /// </summary>
+    internal void ForgetMergeState()
+    {
+        foreach (var slot in _adapters)
+        {
+            DisposeMerged(slot);
+        }
+
+        _mergedBase?.Weight.Dispose();
+        _mergedBase = null;
     }
 
     /// <inheritdoc/>
@@ -497,6 +590,9 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
             {
                 DisposeMerged(slot);
             }
+
+            _mergedBase?.Weight.Dispose();
+            _mergedBase = null;
         }
 
         base.Dispose(disposing);
@@ -567,11 +663,40 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     }
 
     /// <summary>
-    /// Called at the start of forward while merged: if an adapter's factors changed since they were merged (a
-    /// load_state_dict, an optimizer step, a copy_), swap the old ΔW for the new one so the merged weight stays right.
+    /// Brings a merged layer up to date with what was written since its last use: a base weight W loaded through a
+    /// tensor that <see cref="state_dict"/> handed out, and factors that changed since they were merged (a
+    /// load_state_dict, an optimizer step, a copy_). Rebuilds <c>weight</c> = W + ΣΔW when anything changed.
     /// </summary>
-    private void RefreshMergedDeltas()
+    private void Reconcile()
     {
+        if (_mergedBase is null)
+        {
+            return;
+        }
+
+        using var noGrad = torch.no_grad();
+        var changed = false;
+        if (!_mergedBase.Weight.device.SameAs(weight.device) || _mergedBase.Weight.dtype != weight.dtype)
+        {
+            // The module was moved (.to(device/dtype)) while merged; the copy of W follows it.
+            var moved = _mergedBase.Weight.to(weight.dtype, weight.device).DetachFromDisposeScope();
+            _mergedBase.Weight.Dispose();
+            _mergedBase.Weight = moved;
+        }
+
+        foreach (var handedOut in _mergedBase.HandedOut)
+        {
+            // The caller's dictionary may still hold these copies: dropped here, never disposed.
+            if (handedOut.IsInvalid || SameValues(_mergedBase.Weight, handedOut))
+            {
+                continue;
+            }
+
+            _mergedBase.Weight.copy_(handedOut);
+            changed = true;
+        }
+
+        _mergedBase.HandedOut.Clear();
         foreach (var slot in _adapters)
         {
             if (slot.Merged is null)
@@ -585,23 +710,43 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
                 continue;
             }
 
-            using var noGrad = torch.no_grad();
-            AddDelta(slot.Merged[0], slot.Merged[1], slot, -1.0);
             DisposeMerged(slot);
             slot.Merged = SnapshotFactors(slot);
-            AddDelta(slot.Merged[0], slot.Merged[1], slot, 1.0);
+            changed = true;
+        }
+
+        if (changed)
+        {
+            RebuildMergedWeight();
         }
     }
 
-    private void UnmergeSlot(AdapterSlot slot)
+    /// <summary><c>weight</c> = W + ΔW of every merged adapter (ΔW in float32, from the factors as merged).</summary>
+    private void RebuildMergedWeight()
     {
-        if (slot.Merged is null)
+        using var noGrad = torch.no_grad();
+        weight.copy_(_mergedBase!.Weight);
+        foreach (var slot in _adapters)
+        {
+            if (slot.Merged is not null)
+            {
+                AddDelta(slot.Merged[0], slot.Merged[1], slot, 1.0);
+            }
+        }
+    }
+
+    /// <summary>Puts the exact base weight back into <c>weight</c> and forgets it (nothing is merged any more).</summary>
+    private void RestoreBaseWeight()
+    {
+        if (_mergedBase is null)
         {
             return;
         }
 
-        AddDelta(slot.Merged[0], slot.Merged[1], slot, -1.0);
-        DisposeMerged(slot);
+        using var noGrad = torch.no_grad();
+        weight.copy_(_mergedBase.Weight);
+        _mergedBase.Weight.Dispose();
+        _mergedBase = null;
     }
 
     private static void CheckSameShape(Tensor? current, Tensor? value, string name)
@@ -681,5 +826,13 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         public LoraConfig? Config { get; } = config;
 
         public Tensor[]? Merged { get; set; }
+    }
+
+    /// <summary>The exact base weight of a merged layer and the copies of it handed out by <c>state_dict()</c>.</summary>
+    private sealed class MergedBase(Tensor weight)
+    {
+        public Tensor Weight { get; set; } = weight;
+
+        public List<Tensor> HandedOut { get; } = [];
     }
 }

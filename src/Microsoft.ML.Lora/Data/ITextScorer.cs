@@ -22,6 +22,13 @@ internal interface ITextScorer
     /// <summary>The input columns followed by the prediction columns.</summary>
     DataViewSchema GetOutputSchema(DataViewSchema inputSchema);
 
+    /// <summary>Takes a reference for an open cursor (the model stays alive until it is released).</summary>
+    /// <exception cref="ObjectDisposedException">The model was disposed.</exception>
+    void AddReference();
+
+    /// <summary>Releases a reference taken by <see cref="AddReference"/>.</summary>
+    void ReleaseReference();
+
     /// <summary>
     /// Predicts rows: multiclass class probabilities, binary logits, or regression values in label units; row-major
     /// [texts.Count × Label.OutputCount].

@@ -33,20 +33,41 @@ internal sealed class LoraDataView : IDataView
         var needed = columnsNeeded.Select(c => c.Index).ToHashSet();
         var inputColumns = needed.Where(i => i < inputCount).Select(i => input.Schema[i]).ToList();
         bool outputNeeded = needed.Any(i => i >= inputCount);
-        var main = input.GetRowCursor(inputColumns);
-        DataViewRowCursor? ahead = null;
         if (outputNeeded)
         {
-            var textColumns = new List<DataViewSchema.Column> { input.Schema[parent.Columns.Text] };
-            if (parent.Columns.Pair is not null)
-            {
-                textColumns.Add(input.Schema[parent.Columns.Pair]);
-            }
-
-            ahead = input.GetRowCursor(textColumns);
+            // Held until the cursor is disposed: the model outlives a Dispose of the transformer while this cursor runs.
+            parent.AddReference();
         }
 
-        return new Cursor(this, main, ahead, needed);
+        DataViewRowCursor? main = null;
+        DataViewRowCursor? ahead = null;
+        try
+        {
+            main = input.GetRowCursor(inputColumns);
+            if (outputNeeded)
+            {
+                var textColumns = new List<DataViewSchema.Column> { input.Schema[parent.Columns.Text] };
+                if (parent.Columns.Pair is not null)
+                {
+                    textColumns.Add(input.Schema[parent.Columns.Pair]);
+                }
+
+                ahead = input.GetRowCursor(textColumns);
+            }
+
+            return new Cursor(this, main, ahead, needed, outputNeeded);
+        }
+        catch
+        {
+            main?.Dispose();
+            ahead?.Dispose();
+            if (outputNeeded)
+            {
+                parent.ReleaseReference();
+            }
+
+            throw;
+        }
     }
 
     public DataViewRowCursor[] GetRowCursorSet(IEnumerable<DataViewSchema.Column> columnsNeeded, int n, Random? rand = null) =>
@@ -65,9 +86,11 @@ internal sealed class LoraDataView : IDataView
         private long batchStart;
         private int batchCount;
         private long row = -1;
+        private bool holdsReference;
 
-        public Cursor(LoraDataView view, DataViewRowCursor main, DataViewRowCursor? ahead, HashSet<int> active)
+        public Cursor(LoraDataView view, DataViewRowCursor main, DataViewRowCursor? ahead, HashSet<int> active, bool holdsReference)
         {
+            this.holdsReference = holdsReference;
             this.view = view;
             this.main = main;
             this.ahead = ahead;
@@ -161,6 +184,11 @@ internal sealed class LoraDataView : IDataView
             {
                 main.Dispose();
                 ahead?.Dispose();
+                if (holdsReference)
+                {
+                    holdsReference = false;
+                    view.parent.ReleaseReference();
+                }
             }
 
             base.Dispose(disposing);

@@ -11,17 +11,20 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Lora.Engine;
 
 /// <summary>
-/// A pretrained BERT encoder with LoRA adapters injected and a task head, its tokenizer and its device. Owns the
-/// native memory of all of it. Inference (<see cref="Predict"/>) is thread-safe once the model is in eval mode.
+/// A pretrained BERT encoder with LoRA adapters injected and a task head, its tokenizer and its device. The encoder's
+/// weights are a shared base from <see cref="BaseModelCache"/> (aliased, never changed); the model owns its LoRA
+/// factors and head and one lease on the base. Inference (<see cref="Predict"/>) is thread-safe once the model is in eval mode.
 /// </summary>
 internal sealed class LoraTextModel : IDisposable
 {
-    private readonly LoadedPretrainedModel baseModel;
+    private readonly BaseModelCache.Lease baseModel;
     private bool disposed;
 
-    private LoraTextModel(LoadedPretrainedModel baseModel, BertForSequenceClassification model, Device device, LoraPrecision precision, ScalarType encoderDtype, LabelInfo label, AdapterSettings settings, IReadOnlyList<string> adaptedModules)
+    private LoraTextModel(BaseModelCache.Lease baseModel, PretrainedModel descriptor, BertForSequenceClassification model, Device device, LoraPrecision precision, ScalarType encoderDtype, LabelInfo label, AdapterSettings settings, IReadOnlyList<string> adaptedModules, bool mergedCopy)
     {
         this.baseModel = baseModel;
+        BaseDescriptor = descriptor;
+        MergedCopy = mergedCopy;
         Model = model;
         Device = device;
         Precision = precision;
@@ -33,7 +36,7 @@ internal sealed class LoraTextModel : IDisposable
 
     public BertForSequenceClassification Model { get; }
 
-    public BertTextTokenizer Tokenizer => baseModel.Tokenizer;
+    public BertTextTokenizer Tokenizer => baseModel.Base.Tokenizer;
 
     public Device Device { get; }
 
@@ -49,33 +52,53 @@ internal sealed class LoraTextModel : IDisposable
 
     public IReadOnlyList<string> AdaptedModules { get; }
 
-    /// <summary>The base model descriptor and its weights fingerprint.</summary>
-    public PretrainedModel BaseDescriptor => baseModel.Source;
+    /// <summary>The base model descriptor (recorded when the model is saved).</summary>
+    public PretrainedModel BaseDescriptor { get; }
 
-    public string BaseWeightsSha256 => baseModel.WeightsSha256;
+    public string BaseWeightsSha256 => baseModel.Base.WeightsSha256;
 
-    /// <summary>Loads the base, adds the head and the LoRA adapters (random A, zero B), freezes all but LoRA and head.</summary>
-    /// <param name="source">Base model descriptor.</param>
+    /// <summary>The shared base's encoder (tests: its tensors are those the model's encoder aliases).</summary>
+    internal BertModel SharedBase => baseModel.Base.Model;
+
+    /// <summary>
+    /// True when the adapted layers hold private copies of their base weights with the LoRA updates merged in (eval
+    /// mode); false when LoRA runs unmerged on the shared base.
+    /// </summary>
+    public bool MergedCopy { get; }
+
+    /// <summary>Leases the base from <see cref="BaseModelCache"/> (loading it if needed), then builds the model on it (see the other overload).</summary>
+    public static LoraTextModel Create(PretrainedModel source, Device device, LoraPrecision precision, LabelInfo label, AdapterSettings settings, long seed, bool mergedCopy)
+    {
+        var lease = BaseModelCache.AcquireOrLoad(source, device, DeviceResolver.ResolveEncoderDtype(precision, device));
+        return Create(lease, source, device, precision, label, settings, seed, mergedCopy);
+    }
+
+    /// <summary>
+    /// Builds a model on a shared base: an encoder tree aliasing the base's tensors, the head and the LoRA adapters
+    /// (random A, zero B); freezes all but LoRA and head. Takes ownership of <paramref name="lease"/> (also on failure).
+    /// </summary>
+    /// <param name="lease">The base, already on <paramref name="device"/> in the encoder dtype of <paramref name="precision"/>.</param>
+    /// <param name="descriptor">The base's descriptor, recorded when the model is saved.</param>
     /// <param name="device">Device for all weights.</param>
     /// <param name="precision">Precision asked for; resolved for <paramref name="device"/> (see <see cref="DeviceResolver.ResolveEncoderDtype"/>).</param>
     /// <param name="label">Task and outputs.</param>
     /// <param name="settings">Adapter shape.</param>
     /// <param name="seed">Seed of the head and adapter initialisation.</param>
-    public static LoraTextModel Create(PretrainedModel source, Device device, LoraPrecision precision, LabelInfo label, AdapterSettings settings, long seed)
+    /// <param name="mergedCopy">
+    /// Give the adapted layers private copies of their base weights and merge the LoRA updates into them in eval mode.
+    /// Honoured only in float32 on the CPU (see below); otherwise LoRA runs unmerged on the shared base.
+    /// </param>
+    public static LoraTextModel Create(BaseModelCache.Lease lease, PretrainedModel descriptor, Device device, LoraPrecision precision, LabelInfo label, AdapterSettings settings, long seed, bool mergedCopy)
     {
         var encoderDtype = DeviceResolver.ResolveEncoderDtype(precision, device);
-        var loaded = source.Load(device);
+        BertModel? encoder = null;
         try
         {
-            if (encoderDtype != ScalarType.Float32)
-            {
-                // Before injection: LoRA factors created on a half-precision base are float32 (LoraArguments.FactorDtype),
-                // and the head, created below, is float32.
-                loaded.Model.to(encoderDtype);
-            }
-
+            // A tree of its own over the shared tensors: injection below replaces modules in this tree only. On a
+            // half-precision base, LoRA factors are float32 (LoraArguments.FactorDtype), and so is the head.
+            encoder = lease.Base.Model.ShareWeights();
             torch.random.manual_seed(seed);
-            var model = new BertForSequenceClassification(loaded.Model, label.OutputCount, settings.Pooling);
+            var model = new BertForSequenceClassification(encoder, label.OutputCount, settings.Pooling);
             var config = new LoraConfig
             {
                 r = settings.Rank,
@@ -90,11 +113,12 @@ internal sealed class LoraTextModel : IDisposable
                 // With mean pooling the pooler (present in some exports) is unused: an adapter there would never train.
                 exclude_modules = settings.Pooling == PoolingMode.Mean ? ["pooler.dense"] : null,
 
-                // Merged (eval) only for float32 on the CPU. Merging ΔW into bfloat16 weights rounds it to the weight's 8
+                // The shared base is never changed: LoRA runs unmerged unless a private merged copy is asked for, and
+                // then only for float32 on the CPU. Merging ΔW into bfloat16 weights rounds it to the weight's 8
                 // significant bits (ΔW is small next to W, so most of it is lost) and unmerging does not restore the base.
                 // On a GPU a merged layer compares its factors with the merged ones at every forward (torch.equal: a
                 // device read per layer per batch), which costs more than the branch's two small matrix products.
-                merge_weights = encoderDtype == ScalarType.Float32 && device.type != DeviceType.CUDA,
+                merge_weights = mergedCopy && encoderDtype == ScalarType.Float32 && device.type != DeviceType.CUDA,
             };
             var adapted = lora.inject_adapter_in_model(config, model);
             if (adapted.Count == 0)
@@ -103,6 +127,21 @@ internal sealed class LoraTextModel : IDisposable
                 throw new ArgumentException(
                     $"None of the TargetModules ({string.Join(", ", settings.TargetModules)}) matches a linear layer of the base model; " +
                     "use names such as query, key, value, dense.", nameof(LoraFineTuningOptions.TargetModules));
+            }
+
+            if (config.merge_weights)
+            {
+                // Merging writes into the weight: each adapted layer gets a private copy first (the rest stays shared).
+                using var noGrad = torch.no_grad();
+                foreach (var (_, module) in model.named_modules())
+                {
+                    if (module is Modules.LoraLayer layer)
+                    {
+                        var shared = layer.weight;
+                        layer.weight = new TorchSharp.Modules.Parameter(shared.detach().clone(), requires_grad: false);
+                        shared.Dispose();
+                    }
+                }
             }
 
             lora.mark_only_lora_as_trainable(model);
@@ -115,11 +154,12 @@ internal sealed class LoraTextModel : IDisposable
             }
 
             model.to(device);
-            return new LoraTextModel(loaded, model, device, precision, encoderDtype, label, settings, adapted);
+            return new LoraTextModel(lease, descriptor, model, device, precision, encoderDtype, label, settings, adapted, config.merge_weights);
         }
         catch
         {
-            loaded.Dispose();
+            encoder?.Dispose();
+            lease.Dispose();
             throw;
         }
     }

@@ -26,7 +26,49 @@ internal static class PeftStart
         return config;
     }
 
-    /// <summary>Fills the injected layers (and the head, when the adapter saved it) from the adapter's tensors.</summary>
-    public static void Load(LoraTextModel model, string directory, Action<string> log) =>
-        PeftAdapter.Load(model.Model, directory, log: log);
+    /// <summary>
+    /// Fills the injected layers (and the head, when the adapter saved it) from the adapter's tensors. A head in Hugging
+    /// Face's form (as <see cref="LoraTransformer.SavePeftAdapter"/> and Python PEFT write it) is converted to ours first
+    /// (<see cref="HuggingFaceHead.FromHuggingFace"/>), in a staged copy of the directory.
+    /// </summary>
+    public static void Load(LoraTextModel model, string directory, Action<string> log)
+    {
+        string weights = Path.Combine(directory, PeftAdapter.WeightsFileName);
+        if (!File.Exists(weights))
+        {
+            PeftAdapter.Load(model.Model, directory, log: log);   // reports the missing file
+            return;
+        }
+
+        var (tensors, metadata) = SafeTensors.Read(weights);
+        string staging = Path.Combine(Path.GetTempPath(), "mllora-peft-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            if (tensors.TryGetValue(HuggingFaceHead.WeightKey, out var weight) && tensors.TryGetValue(HuggingFaceHead.BiasKey, out var bias))
+            {
+                var (ours, oursBias) = HuggingFaceHead.FromHuggingFace(model.Label.Task, model.Settings, weight, bias);
+                weight.Dispose();
+                bias.Dispose();
+                tensors[HuggingFaceHead.WeightKey] = ours;
+                tensors[HuggingFaceHead.BiasKey] = oursBias;
+            }
+
+            Directory.CreateDirectory(staging);
+            SafeTensors.Write(Path.Combine(staging, PeftAdapter.WeightsFileName), tensors, metadata);
+            File.Copy(Path.Combine(directory, PeftAdapter.ConfigFileName), Path.Combine(staging, PeftAdapter.ConfigFileName));
+            PeftAdapter.Load(model.Model, staging, log: log);
+        }
+        finally
+        {
+            foreach (var tensor in tensors.Values)
+            {
+                tensor.Dispose();
+            }
+
+            if (Directory.Exists(staging))
+            {
+                Directory.Delete(staging, recursive: true);
+            }
+        }
+    }
 }

@@ -26,7 +26,7 @@ internal static class LoraModelFile
     public const string LoaderSignature = "LoraFineTunedTextModel";
 
     /// <summary>Environment variable that points to the base model when it is not where the model file says.</summary>
-    public const string BaseModelOverrideVariable = "MICROSOFT_ML_LORA_BASE_MODEL";
+    public const string BaseModelOverrideVariable = LoraBaseModels.BaseModelVariable;
 
     /// <summary>Zip entry (inside the transformer's folder) with the adapter tensors.</summary>
     public const string TensorStreamName = "LoraAdapter.bin";
@@ -166,34 +166,16 @@ internal static class LoraModelFile
 
         try
         {
-            var baseModel = ResolveBase(recorded, out string where);
             var device = DeviceResolver.Resolve(env);
-            LoraTextModel model;
+            var dtype = DeviceResolver.ResolveEncoderDtype(loadPrecision, device);
+            var lease = BaseModelResolver.Resolve(recorded, sha, device, dtype, out var found);
+            var model = LoraTextModel.Create(lease, found, device, loadPrecision, label, settings, seed: 0, LoraBaseModels.PrivateMergedCopies);
             try
             {
-                model = LoraTextModel.Create(baseModel, device, loadPrecision, label, settings, seed: 0);
-            }
-            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or ArgumentException)
-            {
-                throw new FileNotFoundException(
-                    $"This LoRA model file needs its base model ({recorded.Kind}, weights SHA-256 {sha}), expected at '{where}', but it could not be loaded: {e.Message} " +
-                    $"Put the base model back at '{where}', or set the environment variable {BaseModelOverrideVariable} to the base model's folder (Hugging Face) or .onnx file.",
-                    where, e);
-            }
-
-            try
-            {
-                if (!string.Equals(model.BaseWeightsSha256, sha, StringComparison.Ordinal))
-                {
-                    throw new InvalidDataException(
-                        $"The base model at '{where}' has weights SHA-256 {model.BaseWeightsSha256}, but this LoRA adapter was trained on a base with SHA-256 {sha}; " +
-                        $"an adapter only works on the exact weights it was trained with. Point the environment variable {BaseModelOverrideVariable} to the original base model ({recorded.Kind}, recorded location '{recorded.Location}').");
-                }
-
                 if (model.Tokenizer.LowerCase != lowerCase || model.Tokenizer.StripAccents != stripAccents)
                 {
                     throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
-                        $"The base model at '{where}' tokenizes with lowerCase={model.Tokenizer.LowerCase}, stripAccents={model.Tokenizer.StripAccents}; this LoRA model was trained with lowerCase={lowerCase}, stripAccents={stripAccents}."));
+                        $"The base model {found} tokenizes with lowerCase={model.Tokenizer.LowerCase}, stripAccents={model.Tokenizer.StripAccents}; this LoRA model was trained with lowerCase={lowerCase}, stripAccents={stripAccents}."));
                 }
 
                 model.LoadAdapterState(state);
@@ -210,32 +192,6 @@ internal static class LoraModelFile
         {
             LoraTrainer.DisposeState(state);
         }
-    }
-
-    /// <summary>The recorded base, or the one named by <see cref="BaseModelOverrideVariable"/> (a folder or an .onnx file).</summary>
-    private static PretrainedModel ResolveBase(PretrainedModel recorded, out string where)
-    {
-        string? overridePath = Environment.GetEnvironmentVariable(BaseModelOverrideVariable);
-        if (string.IsNullOrWhiteSpace(overridePath))
-        {
-            where = recorded.Location;
-            return recorded;
-        }
-
-        where = overridePath;
-        if (Directory.Exists(overridePath))
-        {
-            return PretrainedModel.FromHuggingFaceFolder(overridePath);
-        }
-
-        if (File.Exists(overridePath) && recorded.Kind == PretrainedModelKind.Onnx)
-        {
-            string vocab = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(overridePath))!, "vocab.txt");
-            return PretrainedModel.FromOnnx(overridePath, File.Exists(vocab) ? vocab : recorded.VocabularyPath ?? vocab, recorded.NumAttentionHeads, recorded.LowerCase);
-        }
-
-        throw new FileNotFoundException(
-            $"{BaseModelOverrideVariable} is '{overridePath}', which is neither a Hugging Face model folder nor an .onnx file (with vocab.txt beside it).", overridePath);
     }
 
     private static void WriteNullable(BinaryWriter w, string? value)
