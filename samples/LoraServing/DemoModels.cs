@@ -1,4 +1,5 @@
 using Microsoft.ML;
+using Microsoft.ML.Data;
 using Microsoft.ML.Lora;
 
 namespace LoraServing;
@@ -46,9 +47,24 @@ public static class DemoModels
             using var model = pipeline.Fit(keyed);
             ml.Model.Save(model, keyed.Schema, Path.Combine(directory, source + ".zip"));
             Console.WriteLine($"  {source}: trained on {rows} sentences, saved {source}.zip");
+            if (source == Sources[^1])
+            {
+                // One model also exported for scoring without libtorch (ONNX Runtime): served beside the others.
+                model.OfType<LoraTransformer>().Single().ExportOnnx(Path.Combine(directory, source + "-onnx.onnx"));
+                Console.WriteLine($"  {source}: exported {source}-onnx.onnx");
+            }
         }
     }
 
-    /// <summary>How the catalog loads an exported .onnx model (null: not supported in this build).</summary>
-    public static Func<string, ITransformer>? OnnxLoader(MLContext ml) => null;
+    /// <summary>
+    /// How the catalog loads an exported .onnx model: <c>ScoreLoraOnnx</c> (ONNX Runtime, no libtorch) followed by
+    /// MapKeyToValue, so it answers with the same columns as the LoRA model zips.
+    /// </summary>
+    public static Func<string, ITransformer> OnnxLoader(MLContext ml) => path =>
+    {
+        var onnx = ml.Transforms.ScoreLoraOnnx(path);
+        var empty = ml.Data.LoadFromEnumerable(Array.Empty<TextInput>());
+        var toValue = ml.Transforms.Conversion.MapKeyToValue("PredictedLabel").Fit(onnx.Transform(empty));
+        return new TransformerChain<ITransformer>(onnx, toValue);
+    };
 }

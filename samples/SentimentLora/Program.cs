@@ -6,7 +6,8 @@
 //   dotnet run --project samples/SentimentLora -c Release -- --no-validation   # fit on all 80 %, no best-epoch selection
 //
 // Prints accuracy, F1, training time, rows/s, trainable parameters and model size; draws the training curve (loss,
-// validation loss and accuracy per epoch); saves, reloads and predicts.
+// validation loss and accuracy per epoch); saves, reloads and predicts; exports to ONNX and scores the test split with
+// ONNX Runtime (Microsoft.ML.Lora.Onnx), comparing the scores with Transform's.
 using System.Diagnostics;
 using System.Globalization;
 using Microsoft.ML;
@@ -140,6 +141,19 @@ long zipBytes = new FileInfo(modelPath).Length;
 var reloaded = ml.Model.Load(modelPath, out _);
 using var engine = ml.Model.CreatePredictionEngine<SentimentRow, SentimentPrediction>(reloaded);
 
+// 5. Export one ONNX model (LoRA merged, pooling, head, softmax) and score the test split with ONNX Runtime through
+// Microsoft.ML.Lora.Onnx, which has no TorchSharp: same columns, same accuracy.
+string onnxPath = lora.ExportOnnx(Path.Combine(Path.GetTempPath(), "SentimentLora.onnx"));
+using var onnx = ml.Transforms.ScoreLoraOnnx(onnxPath);
+var keyedTest = ((IEnumerable<ITransformer>)model).First().Transform(split.TestSet);
+var onnxWatch = Stopwatch.StartNew();
+var onnxScored = onnx.Transform(keyedTest);
+var onnxMetrics = ml.MulticlassClassification.Evaluate(onnxScored, "Label", "Score", "PredictedLabel");
+double onnxSeconds = onnxWatch.Elapsed.TotalSeconds;
+var torchScores = scored.GetColumn<VBuffer<float>>("Score").Select(v => v.DenseValues().ToArray()).ToArray();
+var onnxScores = onnxScored.GetColumn<VBuffer<float>>("Score").Select(v => v.DenseValues().ToArray()).ToArray();
+double maxDifference = torchScores.Zip(onnxScores, (t, o) => t.Zip(o, (a, b) => Math.Abs(a - b)).Max()).Max();
+
 var table = new Table().AddColumns("Metric", "Value");
 table.AddRow("LoRA accuracy (held-out 20 %)", $"{metrics.MicroAccuracy:F4}");
 if (keptEpoch is not null)
@@ -156,6 +170,10 @@ table.AddRow("Inference throughput", $"{testRows / evalSeconds:F1} rows/s");
 table.AddRow("Trainable parameters", $"{lora.TrainableParameterCount:N0} of {lora.TotalParameterCount:N0} ({100.0 * lora.TrainableParameterCount / lora.TotalParameterCount:F2} %)");
 table.AddRow("Adapted modules", $"{lora.AdaptedModules.Count} ({string.Join(", ", options.TargetModules)}), r={options.Rank}, alpha={options.Alpha}");
 table.AddRow("Model file", $"{zipBytes / 1024.0:F1} KiB ({modelPath})");
+table.AddRow("ONNX export: accuracy with ONNX Runtime (no TorchSharp)", $"{onnxMetrics.MicroAccuracy:F4}");
+table.AddRow("ONNX export: max |Score difference| vs Transform", $"{maxDifference:E2} over {onnxScores.Length} rows");
+table.AddRow("ONNX export: inference throughput", $"{testRows / onnxSeconds:F1} rows/s");
+table.AddRow("ONNX file", $"{new FileInfo(onnxPath).Length / 1048576.0:F1} MiB ({onnxPath})");
 AnsiConsole.Write(table);
 
 int positiveSlot = Array.IndexOf(SentimentPrediction.SlotNames(ml, reloaded), "1");

@@ -19,8 +19,15 @@ namespace Microsoft.ML.Lora.Models;
 /// surrogate halves, and a word the vocabulary cannot spell (e.g. "love😀") becomes one <c>[UNK]</c>, as does a
 /// word longer than 100 characters; very long text is truncated to <c>maxLength</c> tokens, and only the first
 /// <c>maxLength</c> words of it are tokenized.
+/// <para>This file and the two it uses (BasicTokenizer.cs, EncodedBatch.cs) have no TorchSharp dependency: the ONNX
+/// scoring package compiles the same files (as internal types), so both packages tokenize with one implementation.</para>
 /// </remarks>
-public sealed class BertTextTokenizer
+#if MICROSOFT_ML_LORA_ONNX
+internal
+#else
+public
+#endif
+sealed class BertTextTokenizer
 {
     private static readonly string[] RequiredTokens = ["[CLS]", "[SEP]", "[PAD]", "[UNK]"];
 

@@ -7,6 +7,7 @@ namespace Microsoft.ML.Lora.Tests;
 /// Microsoft.ML.Lora compiles against publicized ML.NET assemblies, so the compiler cannot catch an accidental use of an
 /// ML.NET internal. This test reads the compiled assembly and checks that every reference to a non-public ML.NET type or
 /// member comes from the Microsoft.ML.Lora.Internal namespace (docs/ARCHITECTURE.md, "ML.NET internals": one small folder).
+/// The ONNX scoring package (Microsoft.ML.Lora.Onnx) follows the same rule with its own Internal folder.
 /// </summary>
 [TestClass]
 public sealed class InternalsUsageTests
@@ -14,9 +15,14 @@ public sealed class InternalsUsageTests
     private static readonly string[] MlNetAssemblies = ["Microsoft.ML.Core", "Microsoft.ML.Data"];
 
     [TestMethod]
-    public void LoraAssembly_NonPublicMlNetMembers_UsedOnlyInInternalNamespace()
+    [DataRow("Microsoft.ML.Lora")]
+    [DataRow("Microsoft.ML.Lora.Onnx")]
+    public void LoraAssembly_NonPublicMlNetMembers_UsedOnlyInInternalNamespace(string assemblyName)
     {
-        string path = typeof(LoraTransformer).Assembly.Location;
+        string path = assemblyName == "Microsoft.ML.Lora"
+            ? typeof(LoraTransformer).Assembly.Location
+            : typeof(Onnx.LoraOnnxTransformer).Assembly.Location;
+        string internalNamespace = assemblyName + ".Internal";
         using var resolver = new DefaultAssemblyResolver();
         resolver.AddSearchDirectory(AppContext.BaseDirectory);
         using var assembly = AssemblyDefinition.ReadAssembly(path, new ReaderParameters { AssemblyResolver = resolver });
@@ -24,7 +30,7 @@ public sealed class InternalsUsageTests
         int internalUses = 0;
         foreach (var type in assembly.MainModule.GetTypes())
         {
-            bool allowed = IsInternalFolder(type);
+            bool allowed = IsInternalFolder(type, internalNamespace);
             foreach (var method in type.Methods.Where(m => m.HasBody))
             {
                 foreach (var instruction in method.Body.Instructions)
@@ -58,11 +64,11 @@ public sealed class InternalsUsageTests
         Assert.IsGreaterThan(5, internalUses);
     }
 
-    private static bool IsInternalFolder(TypeDefinition type)
+    private static bool IsInternalFolder(TypeDefinition type, string internalNamespace)
     {
         for (var t = type; t is not null; t = t.DeclaringType)
         {
-            if (t.Namespace == "Microsoft.ML.Lora.Internal")
+            if (t.Namespace == internalNamespace)
             {
                 return true;
             }

@@ -41,3 +41,37 @@ public sealed class BinaryPrediction
 
     public bool PredictedLabel { get; set; }
 }
+
+/// <summary>Input row with a sentence pair and a Boolean label.</summary>
+public sealed class PairRow
+{
+    public string Text { get; set; } = string.Empty;
+
+    public string Pair { get; set; } = string.Empty;
+
+    public bool Label { get; set; }
+}
+
+/// <summary>Regression prediction.</summary>
+public sealed class RegressionPrediction
+{
+    public float Score { get; set; }
+}
+
+/// <summary>Fixed-length token vectors, as ML.NET's ApplyOnnxModel reads them.</summary>
+public sealed class TokenRow
+{
+    public const int Length = 16;
+
+    [Microsoft.ML.Data.ColumnName("input_ids")]
+    [Microsoft.ML.Data.VectorType(Length)]
+    public long[] InputIds { get; set; } = new long[Length];
+
+    [Microsoft.ML.Data.ColumnName("attention_mask")]
+    [Microsoft.ML.Data.VectorType(Length)]
+    public long[] AttentionMask { get; set; } = new long[Length];
+
+    [Microsoft.ML.Data.ColumnName("token_type_ids")]
+    [Microsoft.ML.Data.VectorType(Length)]
+    public long[] TokenTypeIds { get; set; } = new long[Length];
+}

@@ -20,6 +20,7 @@ public sealed class ServingSampleTests
     private static ModelCatalog catalog = null!;
     private static WebApplication app = null!;
     private static Uri address = null!;
+    private static int basesAdded;
     private static readonly MLContext Ml = new(seed: 1);
 
     [ClassInitialize]
@@ -41,9 +42,15 @@ public sealed class ServingSampleTests
                 .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"))
                 .Fit(keyed);
             ml.Model.Save(model, keyed.Schema, Path.Combine(models, $"model{m}.zip"));
+            if (m == 0)
+            {
+                model.OfType<LoraTransformer>().Single().ExportOnnx(Path.Combine(models, "model0-onnx.onnx"));
+            }
         }
 
-        catalog = ModelCatalog.Load(Ml, [models]);
+        int basesBefore = LoraBaseModels.LoadedCount;
+        catalog = ModelCatalog.Load(Ml, [models], DemoModels.OnnxLoader(Ml));
+        basesAdded = LoraBaseModels.LoadedCount - basesBefore;
         app = ServingApp.Build(catalog, "http://127.0.0.1:0");
         await app.StartAsync();
         address = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First() + "/");
@@ -69,9 +76,11 @@ public sealed class ServingSampleTests
     }
 
     [TestMethod]
-    public async Task LoadTest_ThreeModelsOnOneBase_EveryAnswerEqualsTransform()
+    public async Task LoadTest_ThreeModelsOnOneBaseAndAnOnnxExport_EveryAnswerEqualsTransform()
     {
-        Assert.HasCount(3, catalog.Models);
+        Assert.HasCount(4, catalog.Models);
+        Assert.AreEqual(1, basesAdded, "the three LoRA models loaded one base");
+        Assert.AreEqual("onnx", catalog.Models["model0-onnx"].Kind);
         var texts = TinyBert.Sentences(30, 3, 99).Select(s => s.Text).ToList();
         var work = new List<LoadTest.Work>();
         foreach (var model in catalog.Models.Values)
@@ -80,12 +89,19 @@ public sealed class ServingSampleTests
             work.AddRange(texts.Select((t, i) => new LoadTest.Work(model.Name, t, expected[i])));
         }
 
-        // The three models differ (different adapters and heads), so a mix-up between models would show.
-        Assert.IsTrue(work.Take(30).Zip(work.Skip(30).Take(30)).Any(p => Math.Abs(p.First.Expected[0] - p.Second.Expected[0]) > 1e-3), "the models differ");
+        // The LoRA models differ (different adapters and heads), so a mix-up between models would show; the ONNX export of
+        // model0 scores as model0.
+        var byModel = work.GroupBy(w => w.Model).ToDictionary(g => g.Key, g => g.Select(w => w.Expected).ToList());
+        for (int i = 0; i < texts.Count; i++)
+        {
+            CollectionAssert.AreEqual(byModel["model0"][i], byModel["model0-onnx"][i], new Tolerance(1e-4), $"text {i}: ONNX export vs LoRA model");
+        }
 
-        var result = await LoadTest.RunAsync(address, "ci", work, clients: 4, requests: 90, TimeSpan.FromMinutes(2));
+        Assert.IsTrue(byModel["model0"].Zip(byModel["model1"]).Any(p => Math.Abs(p.First[0] - p.Second[0]) > 1e-3), "the models differ");
 
-        Assert.AreEqual(90, result.Requests, "all requests answered within the bound");
+        var result = await LoadTest.RunAsync(address, "ci", work, clients: 4, requests: 120, TimeSpan.FromMinutes(2));
+
+        Assert.AreEqual(120, result.Requests, "all requests answered within the bound");
         Assert.AreEqual(0, result.Failures);
         // A single-row engine pads nothing; Transform pads to the batch's longest row: float32 rounding only.
         Assert.AreEqual(0, result.Mismatches, $"max |Δscore| {result.MaxDifference}");
@@ -102,6 +118,12 @@ public sealed class ServingSampleTests
         Assert.AreEqual(HttpStatusCode.BadRequest, noText.StatusCode);
         var models = await http.GetStringAsync("models");
         StringAssert.Contains(models, "torchsharp");
+        StringAssert.Contains(models, "onnx");
+    }
+
+    private sealed class Tolerance(double allowed) : System.Collections.IComparer
+    {
+        public int Compare(object? x, object? y) => Math.Abs(Convert.ToDouble(x, CultureInfo.InvariantCulture) - Convert.ToDouble(y, CultureInfo.InvariantCulture)) <= allowed ? 0 : 1;
     }
 
     [TestMethod]

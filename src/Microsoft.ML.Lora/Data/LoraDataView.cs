@@ -3,16 +3,16 @@ using Microsoft.ML.Data;
 namespace Microsoft.ML.Lora.Data;
 
 /// <summary>
-/// The lazy result of <see cref="LoraTransformer.Transform"/>: input columns pass through and the prediction columns
+/// The lazy result of a text model's <c>Transform</c> (<see cref="ITextScorer"/>): input columns pass through and the prediction columns
 /// are computed when a cursor asks for them, one forward pass per <c>InferenceBatchSize</c> rows. A second input
 /// cursor over the text column(s) runs ahead to fill each batch, so no input values are buffered besides the texts.
 /// </summary>
 internal sealed class LoraDataView : IDataView
 {
     private readonly IDataView input;
-    private readonly LoraTransformer parent;
+    private readonly ITextScorer parent;
 
-    public LoraDataView(IDataView input, LoraTransformer parent)
+    public LoraDataView(IDataView input, ITextScorer parent)
     {
         this.input = input;
         this.parent = parent;
@@ -147,10 +147,10 @@ internal sealed class LoraDataView : IDataView
 
             if (texts.Count == 0)
             {
-                throw new InvalidOperationException("The input data returned fewer rows to the text cursor than to the main cursor; LoraTransformer needs a data view whose cursors see the same rows in the same order.");
+                throw new InvalidOperationException("The input data returned fewer rows to the text cursor than to the main cursor; the model needs a data view whose cursors see the same rows in the same order.");
             }
 
-            outputs = view.parent.Model.Predict(texts, pairs);
+            outputs = view.parent.Predict(texts, pairs);
             batchStart = row;
             batchCount = texts.Count;
         }
@@ -167,8 +167,8 @@ internal sealed class LoraDataView : IDataView
                 throw new InvalidOperationException($"Column '{column.Name}' was not requested when the cursor was created.");
             }
 
-            int width = view.parent.Model.Label.OutputCount;
-            var getter = PredictionValues.CreateGetter(view.parent.Model.Label, column.Index - inputCount, () => (outputs, (int)(row - batchStart) * width));
+            int width = view.parent.Label.OutputCount;
+            var getter = PredictionValues.CreateGetter(view.parent.Label, column.Index - inputCount, () => (outputs, (int)(row - batchStart) * width));
             return getter as ValueGetter<TValue>
                 ?? throw new InvalidOperationException($"Column '{column.Name}' has type {column.Type}; it cannot be read as {typeof(TValue).Name}.");
         }

@@ -3,14 +3,14 @@ using Microsoft.ML.Data;
 namespace Microsoft.ML.Lora.Data;
 
 /// <summary>
-/// Row-to-row mapper of <see cref="LoraTransformer"/>, used by <c>PredictionEngine</c>: one forward pass per row, shared
+/// Row-to-row mapper of a text model (<see cref="ITextScorer"/>), used by <c>PredictionEngine</c>: one forward pass per row, shared
 /// by all output columns of that row. Several mappers (one per PredictionEngine, one per thread) share the model.
 /// </summary>
 internal sealed class LoraRowMapper : IRowToRowMapper
 {
-    private readonly LoraTransformer parent;
+    private readonly ITextScorer parent;
 
-    public LoraRowMapper(LoraTransformer parent, DataViewSchema inputSchema)
+    public LoraRowMapper(ITextScorer parent, DataViewSchema inputSchema)
     {
         this.parent = parent;
         InputSchema = inputSchema;
@@ -105,7 +105,7 @@ internal sealed class LoraRowMapper : IRowToRowMapper
                 throw new InvalidOperationException($"Column '{column.Name}' is not active in this row.");
             }
 
-            var getter = PredictionValues.CreateGetter(mapper.parent.Model.Label, column.Index - inputCount, () => (Compute(), 0));
+            var getter = PredictionValues.CreateGetter(mapper.parent.Label, column.Index - inputCount, () => (Compute(), 0));
             return getter as ValueGetter<TValue>
                 ?? throw new InvalidOperationException($"Column '{column.Name}' has type {column.Type}; it cannot be read as {typeof(TValue).Name}.");
         }
@@ -124,7 +124,7 @@ internal sealed class LoraRowMapper : IRowToRowMapper
 
             cachedText = text.ToString();
             cachedPair = pairGetter is null ? null : pair.ToString();
-            outputs = mapper.parent.Model.Predict([cachedText], cachedPair is null ? null : [cachedPair]);
+            outputs = mapper.parent.Predict([cachedText], cachedPair is null ? null : [cachedPair]);
             cachedPosition = input.Position;
             return outputs;
         }

@@ -64,6 +64,36 @@ internal sealed class LabelInfo
 
     public static LabelInfo Create(LoraTaskKind task, int classCount, DataViewType? keyValueType, string[]? keyValues) => new(task, classCount, keyValueType, keyValues);
 
+    /// <summary>The name a model file records for a key value type: "", "Text", "Boolean" or the number type's name.</summary>
+    public static string TypeName(DataViewType? type) => type switch
+    {
+        null => string.Empty,
+        TextDataViewType => "Text",
+        BooleanDataViewType => "Boolean",
+        NumberDataViewType n => n.RawType.Name,
+        _ => string.Empty,
+    };
+
+    /// <summary>The key value type recorded as <paramref name="name"/> by <see cref="TypeName"/>.</summary>
+    /// <exception cref="InvalidDataException">The name is not one <see cref="TypeName"/> writes.</exception>
+    public static DataViewType? ParseTypeName(string name) => name switch
+    {
+        "" => null,
+        "Text" => TextDataViewType.Instance,
+        "Boolean" => BooleanDataViewType.Instance,
+        nameof(Single) => NumberDataViewType.Single,
+        nameof(Double) => NumberDataViewType.Double,
+        nameof(SByte) => NumberDataViewType.SByte,
+        nameof(Int16) => NumberDataViewType.Int16,
+        nameof(Int32) => NumberDataViewType.Int32,
+        nameof(Int64) => NumberDataViewType.Int64,
+        nameof(Byte) => NumberDataViewType.Byte,
+        nameof(UInt16) => NumberDataViewType.UInt16,
+        nameof(UInt32) => NumberDataViewType.UInt32,
+        nameof(UInt64) => NumberDataViewType.UInt64,
+        _ => throw new InvalidDataException($"Unknown key value type '{name}' in this model file."),
+    };
+
     /// <summary>The key type of PredictedLabel (multiclass).</summary>
     public KeyDataViewType PredictedKeyType => new(typeof(uint), ClassCount);
 

@@ -1,5 +1,7 @@
 using System.Globalization;
+using Microsoft.ML.Lora.Data;
 using Microsoft.ML.Lora.Models;
+using Microsoft.ML.Lora.Models.Onnx;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -194,6 +196,24 @@ internal sealed class LoraTextModel : IDisposable
             _ => output,
         };
         return output.to(torch.CPU).contiguous().data<float>().ToArray();
+    }
+
+    /// <summary>
+    /// Writes the model as one ONNX graph (<see cref="OnnxBertExporter"/>) with the output <see cref="Predict"/> returns
+    /// (softmax for multiclass, the logit for binary, label units for regression) and the metadata that lets the ONNX
+    /// scoring package tokenize and name the columns on its own (<see cref="OnnxModelMetadata"/>).
+    /// </summary>
+    public void ExportOnnx(Stream destination, ColumnNames columns, int inferenceBatchSize)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        var (transform, scale, shift) = Label.Task switch
+        {
+            LoraTaskKind.MulticlassClassification => (OnnxBertExporter.OutputTransform.Softmax, 1f, 0f),
+            LoraTaskKind.Regression => (OnnxBertExporter.OutputTransform.Affine, Settings.LabelScale, Settings.LabelMean),
+            _ => (OnnxBertExporter.OutputTransform.None, 1f, 0f),
+        };
+        var metadata = new OnnxModelMetadata(Label, columns, inferenceBatchSize, Settings.MaxSequenceLength, Tokenizer.LowerCase, Tokenizer.StripAccents, Tokenizer.VocabularyText);
+        OnnxBertExporter.Export(Model, destination, transform, scale, shift, metadata.ToProperties());
     }
 
     /// <summary>The tensors a model file stores: every LoRA tensor and the head, by parameter path, copied to the CPU.</summary>

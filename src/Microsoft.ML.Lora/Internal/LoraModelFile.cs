@@ -60,7 +60,7 @@ internal static class LoraModelFile
 
         w.Write((int)label.Task);
         w.Write(label.ClassCount);
-        w.Write(KeyValueTypeName(label.KeyValueType));
+        w.Write(LabelInfo.TypeName(label.KeyValueType));
         w.Write(label.KeyValues?.Count ?? 0);
         foreach (var value in label.KeyValues ?? [])
         {
@@ -116,7 +116,7 @@ internal static class LoraModelFile
 
         var task = (LoraTaskKind)r.ReadInt32();
         int classCount = r.ReadInt32();
-        var keyValueType = KeyValueType(r.ReadString());
+        var keyValueType = LabelInfo.ParseTypeName(r.ReadString());
         int keyValueCount = r.ReadInt32();
         var keyValues = new string[keyValueCount];
         for (int i = 0; i < keyValueCount; i++)
@@ -193,33 +193,6 @@ internal static class LoraModelFile
             LoraTrainer.DisposeState(state);
         }
     }
-
-    private static string KeyValueTypeName(DataViewType? type) => type switch
-    {
-        null => string.Empty,
-        TextDataViewType => "Text",
-        BooleanDataViewType => "Boolean",
-        NumberDataViewType n => n.RawType.Name,
-        _ => string.Empty,
-    };
-
-    private static DataViewType? KeyValueType(string name) => name switch
-    {
-        "" => null,
-        "Text" => TextDataViewType.Instance,
-        "Boolean" => BooleanDataViewType.Instance,
-        nameof(Single) => NumberDataViewType.Single,
-        nameof(Double) => NumberDataViewType.Double,
-        nameof(SByte) => NumberDataViewType.SByte,
-        nameof(Int16) => NumberDataViewType.Int16,
-        nameof(Int32) => NumberDataViewType.Int32,
-        nameof(Int64) => NumberDataViewType.Int64,
-        nameof(Byte) => NumberDataViewType.Byte,
-        nameof(UInt16) => NumberDataViewType.UInt16,
-        nameof(UInt32) => NumberDataViewType.UInt32,
-        nameof(UInt64) => NumberDataViewType.UInt64,
-        _ => throw new InvalidDataException($"Unknown key value type '{name}' in this LoRA model file."),
-    };
 
     private static void WriteNullable(BinaryWriter w, string? value)
     {
