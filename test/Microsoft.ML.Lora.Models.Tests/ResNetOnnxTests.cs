@@ -106,10 +106,11 @@ public sealed class ResNetOnnxTests
     }
 
     [TestMethod]
-    public void ForwardFeatures_160Pixels_GlobalPoolGivesOneVectorPerImage()
+    public void ForwardFeatures_112Pixels_GlobalPoolGivesOneVectorPerImage()
     {
         using var scope = NewDisposeScope();
-        var images = normalization.Apply(TestImages.Fashion(2, 160));
+        // 112 is not a multiple of 32: the last stage gets a 7×7 map, which the graph's own padding could not halve consistently.
+        var images = normalization.Apply(TestImages.Fashion(2, 112));
         using var noGrad = no_grad();
         var features = model.forward(images);
         CollectionAssert.AreEqual(new long[] { 2, 512 }, features.shape);
@@ -117,6 +118,30 @@ public sealed class ResNetOnnxTests
 
         // Different images give different features (the two fixtures are a boot and a pullover).
         Assert.IsGreaterThan(0.1, TestData.MaxAbsDiff(features[0], features[1]));
+    }
+
+    [TestMethod]
+    public void ImageNormalization_112Pixels_SubtractsMeanImageResizedToTheInput()
+    {
+        using var scope = NewDisposeScope();
+        var grey = full(new long[] { 1, 3, 112, 112 }, 128f);
+        var normalized = normalization.Apply(grey);
+        CollectionAssert.AreEqual(new long[] { 1, 3, 112, 112 }, normalized.shape);
+
+        // Bilinear resizing keeps each channel's average within a fraction of a grey level.
+        var channelMeans = TestData.ToArray(normalized.mean([0, 2, 3]));
+        Assert.AreEqual(128 - 103.06, channelMeans[0], 0.5, "B");
+        Assert.AreEqual(128 - 115.90, channelMeans[1], 0.5, "G");
+        Assert.AreEqual(128 - 123.15, channelMeans[2], 0.5, "R");
+    }
+
+    [TestMethod]
+    public void FromOnnx_GraphThatIsNotAResNet_ThrowsNamingWhereTheWalkStopped()
+    {
+        var e = Assert.ThrowsExactly<InvalidDataException>(() => ResNet.FromOnnx(DnnImageModels.ResNetPreprocessPath()));
+        StringAssert.Contains(e.Message, "expected one Conv reading 'OriginalInput', found 0");
+        var e2 = Assert.ThrowsExactly<InvalidDataException>(() => ImageNormalization.FromOnnx(DnnImageModels.ResNet18Path()));
+        StringAssert.Contains(e2.Message, "no single Sub node");
     }
 
     private static float[] RunBatchOfOne(InferenceSession session, Tensor input)

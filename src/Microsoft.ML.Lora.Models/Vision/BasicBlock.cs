@@ -9,7 +9,7 @@ namespace Microsoft.ML.Lora.Models.Vision;
 /// torchvision's <c>BasicBlock</c>: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), the shortcut being the identity or
 /// <c>downsample</c> (1×1 conv → BN). Registered names are torchvision's (<c>conv1</c>, <c>bn1</c>, <c>conv2</c>, <c>bn2</c>,
 /// <c>downsample.0</c>, <c>downsample.1</c>); the convolutions are <c>Module&lt;Tensor, Tensor&gt;</c> fields so LoRA
-/// injection can swap them. Padding that ONNX states per side and that is not symmetric is applied before the convolution.
+/// injection can swap them.
 /// </summary>
 internal sealed class BasicBlock : nn.Module<Tensor, Tensor>
 {
@@ -18,8 +18,6 @@ internal sealed class BasicBlock : nn.Module<Tensor, Tensor>
     private Module<Tensor, Tensor> conv2;
     private readonly BatchNorm2d bn2;
     private readonly Sequential? downsample;
-    private readonly long[]? pad1;
-    private readonly long[]? pad2;
 
     public BasicBlock(BasicBlockSpec spec, Device? device) : base(nameof(BasicBlock))
     {
@@ -27,15 +25,8 @@ internal sealed class BasicBlock : nn.Module<Tensor, Tensor>
         bn1 = ResNet.CreateBatchNorm(spec.Bn1, device);
         conv2 = ResNet.CreateConv(spec.Conv2, device);
         bn2 = ResNet.CreateBatchNorm(spec.Bn2, device);
-        pad1 = spec.Conv1.ExtraPadding;
-        pad2 = spec.Conv2.ExtraPadding;
         if (spec.Downsample is { } d)
         {
-            if (d.Conv.ExtraPadding is not null)
-            {
-                throw new InvalidDataException("A shortcut convolution with asymmetric padding is not supported.");
-            }
-
             downsample = nn.Sequential(("0", ResNet.CreateConv(d.Conv, device)), ("1", ResNet.CreateBatchNorm(d.Bn, device)));
         }
 
@@ -46,8 +37,8 @@ internal sealed class BasicBlock : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         var identity = downsample is null ? x : downsample.call(x);
-        var y = nn.functional.relu(bn1.call(conv1.call(ResNet.Pad(x, pad1))), inplace: true);
-        y = bn2.call(conv2.call(ResNet.Pad(y, pad2)));
+        var y = nn.functional.relu(bn1.call(conv1.call(x)), inplace: true);
+        y = bn2.call(conv2.call(y));
         return nn.functional.relu(y.add_(identity), inplace: true).MoveToOuterDisposeScope();
     }
 }

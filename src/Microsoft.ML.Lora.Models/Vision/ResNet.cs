@@ -23,15 +23,15 @@ namespace Microsoft.ML.Lora.Models.Vision;
 /// <c>requires_grad = false</c>. LoRA fine-tuning keeps the base fixed, and batch statistics of small fine-tuning batches
 /// would both change the base (running buffers) and make a row's output depend on its batch; evaluation-mode BN is also
 /// the same per-channel affine map that merging ΔW into the kernel leaves exact.</para>
-/// <para><b>Padding</b>: where a graph pads a convolution or max pool asymmetrically (CNTK exports pad 1 before and 0 after
-/// for stride-2 3×3 kernels), the extra side is padded explicitly before the layer (zeros; −∞ for max pooling), so the
-/// result equals the graph at every input size.</para>
+/// <para><b>Padding</b> is symmetric, as torchvision's. CNTK exports pad stride-2 layers one less at the end (1 before,
+/// 0 after for 3×3 kernels); on even-sized layer inputs the last window never reaches that side, so the result equals the
+/// graph at 224×224 and every multiple of 32. At other sizes the graph's own padding would make the main path and the
+/// shortcut of a stride-2 block differ in size (at 112×112, 3 against 4 in the last stage); the symmetric form does not.</para>
 /// </remarks>
 public sealed class ResNet : nn.Module<Tensor, Tensor>
 {
     private Module<Tensor, Tensor> conv1;
     private readonly BatchNorm2d bn1;
-    private readonly long[]? conv1Pad;
     private readonly MaxPoolSpecValues maxpool;
     private readonly List<Sequential> stages = [];
     private Module<Tensor, Tensor>? fc;
@@ -42,7 +42,6 @@ public sealed class ResNet : nn.Module<Tensor, Tensor>
         ArgumentOutOfRangeException.ThrowIfNegative(numClasses);
         conv1 = CreateConv(spec.Conv1, device);
         bn1 = CreateBatchNorm(spec.Bn1, device);
-        conv1Pad = spec.Conv1.ExtraPadding;
         maxpool = new MaxPoolSpecValues(spec.MaxPool);
         register_module(nameof(conv1), conv1);
         register_module(nameof(bn1), bn1);
@@ -131,7 +130,7 @@ public sealed class ResNet : nn.Module<Tensor, Tensor>
         }
 
         using var scope = NewDisposeScope();
-        var x = nn.functional.relu(bn1.call(conv1.call(Pad(input, conv1Pad))), inplace: true);
+        var x = nn.functional.relu(bn1.call(conv1.call(input)), inplace: true);
         x = maxpool.Apply(x);
         foreach (var stage in stages)
         {
@@ -171,9 +170,6 @@ public sealed class ResNet : nn.Module<Tensor, Tensor>
         }
     }
 
-    internal static Tensor Pad(Tensor x, long[]? extra, double value = 0) =>
-        extra is null ? x.alias() : nn.functional.pad(x, extra, PaddingModes.Constant, value);
-
     internal static Module<Tensor, Tensor> CreateConv(ConvSpec spec, Device? device)
     {
         var k = spec.Weight.shape;
@@ -209,17 +205,13 @@ public sealed class ResNet : nn.Module<Tensor, Tensor>
         return bn;
     }
 
-    /// <summary>Max pooling with per-side padding: pads with −∞, then pools without padding (ONNX opset 8: floor mode).</summary>
+    /// <summary>Max pooling with the symmetric padding of the graph's pads (ONNX opset 8 pools in floor mode).</summary>
     private sealed class MaxPoolSpecValues(MaxPoolSpec spec)
     {
         private readonly long[] kernel = spec.Kernel;
         private readonly long[] stride = spec.Stride;
-        private readonly long[]? pad = spec.Pads.All(p => p == 0) ? null : [spec.Pads[1], spec.Pads[3], spec.Pads[0], spec.Pads[2]];
+        private readonly long[] padding = [Math.Max(spec.Pads[0], spec.Pads[2]), Math.Max(spec.Pads[1], spec.Pads[3])];
 
-        public Tensor Apply(Tensor x)
-        {
-            using var padded = Pad(x, pad, double.NegativeInfinity);
-            return nn.functional.max_pool2d(padded, kernel, stride);
-        }
+        public Tensor Apply(Tensor x) => nn.functional.max_pool2d(x, kernel, stride, padding);
     }
 }

@@ -12,19 +12,13 @@ internal sealed record ConvSpec(Tensor Weight, Tensor? Bias, long[] Stride, long
 
     public long InChannels => Weight.shape[1] * Groups;
 
-    /// <summary>The padding both sides share (the convolution's own padding).</summary>
-    public long[] SymmetricPadding => [Math.Min(Pads[0], Pads[2]), Math.Min(Pads[1], Pads[3])];
-
-    /// <summary>The rest, as <c>functional.pad</c> takes it (W begin, W end, H begin, H end), or null when there is none.</summary>
-    public long[]? ExtraPadding
-    {
-        get
-        {
-            var s = SymmetricPadding;
-            long[] extra = [Pads[1] - s[1], Pads[3] - s[1], Pads[0] - s[0], Pads[2] - s[0]];
-            return extra.All(p => p == 0) ? null : extra;
-        }
-    }
+    /// <summary>
+    /// Symmetric padding per spatial dimension: the larger of the two sides (torchvision's padding). CNTK exports pad stride-2
+    /// layers one less at the end ([1, 1, 0, 0] for 3×3, [3, 3, 2, 2] for the 7×7 stem); on an even-sized input the last
+    /// window never reaches the end padding, so the two agree there (224 and every multiple of 32), and on odd sizes the
+    /// symmetric form keeps the main path and the 1×1 shortcut the same size where the graph's own padding would not.
+    /// </summary>
+    public long[] SymmetricPadding => [Math.Max(Pads[0], Pads[2]), Math.Max(Pads[1], Pads[3])];
 }
 
 /// <summary>Inference-mode batch normalisation: y = (x − mean)/√(var + ε)·scale + bias, per channel.</summary>
@@ -34,7 +28,7 @@ internal sealed record BatchNormSpec(Tensor Scale, Tensor Bias, Tensor Mean, Ten
 internal sealed record BasicBlockSpec(ConvSpec Conv1, BatchNormSpec Bn1, ConvSpec Conv2, BatchNormSpec Bn2,
     (ConvSpec Conv, BatchNormSpec Bn)? Downsample);
 
-/// <summary>Max pooling with ONNX padding per side (padded with −∞, so padding never wins).</summary>
+/// <summary>Max pooling with ONNX padding per side (applied as the symmetric padding, see <see cref="ConvSpec.SymmetricPadding"/>).</summary>
 internal sealed record MaxPoolSpec(long[] Kernel, long[] Stride, long[] Pads);
 
 /// <summary>
