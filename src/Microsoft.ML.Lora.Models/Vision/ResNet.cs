@@ -8,7 +8,8 @@ namespace Microsoft.ML.Lora.Models.Vision;
 /// <summary>
 /// A ResNet with basic blocks (ResNet-18/34 layout) in TorchSharp, with torchvision's module names: <c>conv1</c>, <c>bn1</c>,
 /// <c>layer1.0.conv1</c> … <c>layer4.1.bn2</c>, <c>layer2.0.downsample.0</c> (1×1 conv) / <c>.1</c> (BN), and an optional
-/// linear head <c>fc</c>. So <c>state_dict()</c> keys are torchvision's and LoRA targets read like PEFT's
+/// linear head <c>fc</c>. The block counts come from the imported graph (the ML.NET ResNet-18, a CNTK model, has
+/// [2, 2, 2, 3] blocks, so it also has <c>layer4.2</c>). So <c>state_dict()</c> keys are torchvision's and LoRA targets read like PEFT's
 /// (<c>target_modules = ["conv1", "conv2"]</c>, or a regex such as <c>layer[34]\.\d+\.conv\d</c>).
 /// </summary>
 /// <remarks>
