@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
-using Google.Protobuf;
 using Microsoft.ML.Lora.Models.Onnx.Proto;
 using static TorchSharp.torch;
 
@@ -20,16 +19,7 @@ internal static partial class OnnxBertImporter
 
     public static Result Import(Stream onnx, string source, string? baseDirectory, int? numAttentionHeads)
     {
-        ModelProto model;
-        try
-        {
-            var input = new CodedInputStream(onnx, leaveOpen: true);
-            model = ModelProto.Parser.ParseFrom(input);
-        }
-        catch (InvalidProtocolBufferException e)
-        {
-            throw new InvalidDataException($"{source} is not a valid ONNX model: {e.Message}", e);
-        }
+        var model = OnnxGraph.ParseModel(onnx, source);
 
         if (model.Graph is null || model.Graph.Initializer.Count == 0)
         {
@@ -50,37 +40,19 @@ internal static partial class OnnxBertImporter
         private readonly GraphProto graph;
         private readonly string source;
         private readonly string? baseDirectory;
-        private readonly Dictionary<string, TensorProto> initializers = new(StringComparer.Ordinal);
-        private readonly Dictionary<string, NodeProto> producers = new(StringComparer.Ordinal);
-        private readonly Dictionary<string, List<NodeProto>> consumers = new(StringComparer.Ordinal);
+        private readonly Dictionary<string, TensorProto> initializers;
+        private readonly Dictionary<string, NodeProto> producers;
+        private readonly IReadOnlyDictionary<string, List<NodeProto>> consumers;
 
         public Importer(GraphProto graph, string source, string? baseDirectory)
         {
             this.graph = graph;
             this.source = source;
             this.baseDirectory = baseDirectory;
-            foreach (var t in graph.Initializer)
-            {
-                initializers[t.Name] = t;
-            }
-
-            foreach (var node in graph.Node)
-            {
-                foreach (var output in node.Output)
-                {
-                    producers[output] = node;
-                }
-
-                foreach (var input in node.Input)
-                {
-                    if (!consumers.TryGetValue(input, out var list))
-                    {
-                        consumers[input] = list = [];
-                    }
-
-                    list.Add(node);
-                }
-            }
+            var index = OnnxGraph.Index(graph, source);
+            initializers = index.Initializers;
+            producers = index.Producers;
+            consumers = index.Consumers;
         }
 
         public Result Run(int? numAttentionHeads)
