@@ -72,10 +72,13 @@ public static partial class lora
         }
 
         CheckExisting(model, adapter_names, nameof(adapter_names));
+        SavedModules.CheckOneCopyActive(model, adapter_names, nameof(adapter_names));
         foreach (var (_, layer) in LoraLayers(model))
         {
             layer.SetActive(adapter_names);
         }
+
+        SavedModules.Sync(model, adapter_names, setGrad: true);
     }
 
     /// <summary>Removes adapter <paramref name="adapter_name"/> from every layer (unmerging it first); the active set loses it.</summary>
@@ -93,6 +96,8 @@ public static partial class lora
                 layer.DeleteAdapter(adapter_name);
             }
         }
+
+        SavedModules.Delete(model, adapter_name, active_adapters(model));
     }
 
     /// <summary>
@@ -113,12 +118,15 @@ public static partial class lora
             layer.disable_adapters = true;
         }
 
+        var endSaved = SavedModules.OverrideAll(model, _ => SavedModules.Original);
         return new Scope(() =>
         {
             foreach (var layer in layers)
             {
                 layer.disable_adapters = wasDisabled.Contains(layer);
             }
+
+            endSaved();
 
             foreach (var layer in wasMerged)
             {
@@ -144,6 +152,21 @@ public static partial class lora
         ArgumentNullException.ThrowIfNull(adapter_names);
         CheckExisting(model, adapter_names.Where(n => n != BASE_ADAPTER_ROW), nameof(adapter_names));
         var rows = adapter_names.ToArray();
+        var savedSlots = new Dictionary<SavedModules.Entry, string>();
+        foreach (var (path, _, entry) in SavedModules.Entries(model))
+        {
+            var slots = rows.Select(r => entry.Adapters.Contains(r) ? r : SavedModules.Original).Distinct(StringComparer.Ordinal).ToList();
+            if (slots.Count > 1)
+            {
+                throw new NotSupportedException(
+                    $"Rows of this batch need different copies of module '{path}' (modules_to_save: " +
+                    $"{string.Join(", ", slots.Select(s => s == SavedModules.Original ? "the original" : $"adapter '{s}'"))}); " +
+                    "a mixed batch can use one copy of it only. Run those rows in separate batches.");
+            }
+
+            savedSlots[entry] = slots.Count == 1 ? slots[0] : entry.Live;
+        }
+
         var layers = LoraLayers(model).Select(l => l.layer).ToList();
         var wasMerged = layers.Where(l => l.merged).ToList();
         foreach (var layer in layers)
@@ -152,8 +175,10 @@ public static partial class lora
             layer.SetRowAdapters(rows);
         }
 
+        var endSaved = SavedModules.OverrideAll(model, entry => savedSlots[entry]);
         return new Scope(() =>
         {
+            endSaved();
             foreach (var layer in layers)
             {
                 layer.SetRowAdapters(null);
@@ -312,6 +337,7 @@ public static partial class lora
             });
         }
 
+        SavedModules.Forget(model); // the modules keep the active adapter's copy (as PEFT's unload)
         foreach (var swap in swaps)
         {
             swap();
