@@ -213,9 +213,16 @@ internal static class SavedModules
     }
 
     /// <summary>What <see cref="Restore"/> needs: per module with copies, its adapters and live slot.</summary>
-    internal static Dictionary<nn.Module, (HashSet<string> adapters, string live)> Capture(nn.Module model) =>
-        Entries(model).ToDictionary(e => e.module, e => (e.entry.Adapters.ToHashSet(StringComparer.Ordinal), e.entry.Live),
-            ReferenceEqualityComparer.Instance);
+    internal static Dictionary<nn.Module, (HashSet<string> adapters, string live)> Capture(nn.Module model)
+    {
+        var result = new Dictionary<nn.Module, (HashSet<string>, string)>(ReferenceEqualityComparer.Instance);
+        foreach (var (_, module, entry) in Entries(model))
+        {
+            result[module] = (entry.Adapters.ToHashSet(StringComparer.Ordinal), entry.Live);
+        }
+
+        return result;
+    }
 
     /// <summary>Removes the copies added since <paramref name="captured"/> was taken and shows the slots live then.</summary>
     internal static void Restore(nn.Module model, Dictionary<nn.Module, (HashSet<string> adapters, string live)> captured)
