@@ -53,7 +53,7 @@ public sealed class ModulesToSaveTests
         return new TwoHeads { Model = model, Original = original, HeadA = headA, HeadB = headB };
     }
 
-    private static Tensor HeadWeight(nn.Module model) =>
+    private static Parameter HeadWeight(nn.Module model) =>
         model.named_parameters().Single(p => p.name == "classifier.weight").parameter;
 
     private static void RandomizeHead(nn.Module model)
