@@ -45,6 +45,7 @@ public static class PeftAdapter
     /// <see cref="lora.add_adapter"/>, <see cref="Load"/>); otherwise (layers built with <c>lora.Linear(...)</c>, weighted
     /// adapters) one is derived: <c>target_modules</c> lists the full module paths, and ranks/α that differ from the
     /// first layer's go to <c>rank_pattern</c>/<c>alpha_pattern</c>. Files are written to temporary files, then moved.
+    /// <see cref="LoraConfig.modules_to_save"/> are written from the adapter's own copy, also while another adapter is active.
     /// </remarks>
     /// <param name="model">The model holding the adapter.</param>
     /// <param name="directory">The folder to write (created if needed).</param>
@@ -109,6 +110,8 @@ public static class PeftAdapter
     /// <para>The adapter becomes active when the model had no adapter before; otherwise the active set is unchanged
     /// (call <see cref="lora.set_adapter"/>). Layers that already hold an adapter of that name are filled if their rank and
     /// scaling match. On any error the model is left as it was.</para>
+    /// <para>Tensors of <see cref="LoraConfig.modules_to_save"/> fill the adapter's own copy of those modules: the model's
+    /// module changes only when that adapter's copy is the one it shows (see <see cref="lora.set_adapter"/>).</para>
     /// </remarks>
     /// <param name="model">The base model (or a model with other adapters); changed in place.</param>
     /// <param name="directory">The adapter folder.</param>
