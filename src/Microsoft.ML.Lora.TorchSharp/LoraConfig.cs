@@ -57,7 +57,11 @@ public sealed class LoraConfig
     /// <summary>Per-module α, matched as <see cref="rank_pattern"/>; unmatched modules use <see cref="lora_alpha"/>.</summary>
     public IDictionary<string, double> alpha_pattern { get; set; } = new Dictionary<string, double>();
 
-    /// <summary>Modules (exact or dot-aligned suffix names) trained in full next to the adapters, e.g. a classifier head.</summary>
+    /// <summary>
+    /// Modules (exact or dot-aligned suffix names) trained in full next to the adapter, e.g. a classifier head. As in PEFT,
+    /// each adapter has its own copy of them; the module in the model shows the active adapter's copy (see
+    /// <see cref="lora.set_adapter"/>), so its <c>state_dict()</c> keys do not change.
+    /// </summary>
     public IList<string>? modules_to_save { get; set; }
 
     /// <summary>Which biases train: "none" (default), "all" or "lora_only".</summary>

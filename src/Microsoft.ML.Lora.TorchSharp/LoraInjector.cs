@@ -114,11 +114,21 @@ internal static class LoraInjector
             lora.mark_only_lora_as_trainable(model, bias);
         }
 
+        // Each adapter gets its own copy of modules_to_save (PEFT); the module shows the active adapter's copy, which trains.
+        foreach (var module in saved.Distinct(ReferenceEqualityComparer.Instance).Cast<nn.Module>())
+        {
+            SavedModules.Register(module, adapterName);
+        }
+
+        SavedModules.Sync(model, lora.active_adapters(model), setGrad: false);
         foreach (var module in saved)
         {
-            foreach (var parameter in module.parameters())
+            if (SavedModules.ShowsAdapter(module))
             {
-                parameter.requires_grad = true;
+                foreach (var parameter in module.parameters())
+                {
+                    parameter.requires_grad = true;
+                }
             }
         }
 

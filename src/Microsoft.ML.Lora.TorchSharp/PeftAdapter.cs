@@ -18,8 +18,12 @@ namespace Microsoft.ML.Lora;
 /// the <c>base_model.model.</c> prefix, as transformers' built-in PEFT integration writes them.</para>
 /// <para>An adapter named other than "default" lives in the sub-folder <c>&lt;directory&gt;/&lt;adapterName&gt;</c>, as PEFT's
 /// <c>save_pretrained</c> writes it.</para>
-/// <para><see cref="LoraConfig.modules_to_save"/> modules are shared by all adapters here (PEFT keeps a copy per adapter):
-/// loading an adapter overwrites them.</para>
+/// <para><see cref="LoraConfig.modules_to_save"/> modules are kept per adapter, as PEFT does: each adapter that lists a
+/// module has its own copy of its values (taken from the module's original values when the adapter is added). The model's
+/// module shows the active adapter's copy (so <c>state_dict()</c> keys stay <c>classifier.weight</c>, and that copy is what
+/// an optimizer trains), or the original values when no active adapter lists it; <see cref="lora.set_adapter"/> and
+/// <see cref="lora.disable_adapter"/> swap the values. <see cref="Save"/> writes the named adapter's copy, and
+/// <see cref="Load"/> fills it without changing the module unless that adapter is the one shown.</para>
 /// </remarks>
 public static class PeftAdapter
 {
@@ -41,6 +45,7 @@ public static class PeftAdapter
     /// <see cref="lora.add_adapter"/>, <see cref="Load"/>); otherwise (layers built with <c>lora.Linear(...)</c>, weighted
     /// adapters) one is derived: <c>target_modules</c> lists the full module paths, and ranks/α that differ from the
     /// first layer's go to <c>rank_pattern</c>/<c>alpha_pattern</c>. Files are written to temporary files, then moved.
+    /// <see cref="LoraConfig.modules_to_save"/> are written from the adapter's own copy, also while another adapter is active.
     /// </remarks>
     /// <param name="model">The model holding the adapter.</param>
     /// <param name="directory">The folder to write (created if needed).</param>
@@ -80,7 +85,7 @@ public static class PeftAdapter
         }
 
         var layerPaths = lora.LoraLayers(model).Select(l => l.path).ToHashSet(StringComparer.Ordinal);
-        foreach (var (name, tensor) in ExtraTensors(model, config, layers))
+        foreach (var (name, tensor) in ExtraTensors(model, config, layers, adapterName))
         {
             // PEFT wraps an adapted module, so its bias is "<path>.base_layer.bias" there.
             var owner = name.EndsWith(".bias", StringComparison.Ordinal) ? name[..^5] : null;
@@ -105,6 +110,8 @@ public static class PeftAdapter
     /// <para>The adapter becomes active when the model had no adapter before; otherwise the active set is unchanged
     /// (call <see cref="lora.set_adapter"/>). Layers that already hold an adapter of that name are filled if their rank and
     /// scaling match. On any error the model is left as it was.</para>
+    /// <para>Tensors of <see cref="LoraConfig.modules_to_save"/> fill the adapter's own copy of those modules: the model's
+    /// module changes only when that adapter's copy is the one it shows (see <see cref="lora.set_adapter"/>).</para>
     /// </remarks>
     /// <param name="model">The base model (or a model with other adapters); changed in place.</param>
     /// <param name="directory">The adapter folder.</param>
@@ -271,6 +278,7 @@ public static class PeftAdapter
 
             var state = model.state_dict();
             var extras = ExtraNames(model, config, layers.Keys.ToList());
+            var saved = SavedModules.Entries(model);
             foreach (var key in others)
             {
                 var name = StripPrefix(key).Replace(".base_layer.", ".", StringComparison.Ordinal);
@@ -281,7 +289,8 @@ public static class PeftAdapter
                         "modules_to_save or a bias the config saves.", DirectoryParam);
                 }
 
-                copies.Add((target, key));
+                // modules_to_save: the adapter's own copy; the live module only while that copy is the one shown.
+                copies.Add((SavedModules.StoredTensor(saved, name, adapterName) ?? target, key));
             }
 
             foreach (var (target, key) in copies)
@@ -383,14 +392,17 @@ public static class PeftAdapter
         return names;
     }
 
-    private static IEnumerable<(string name, Tensor tensor)> ExtraTensors(nn.Module model, LoraConfig config, List<(string path, Modules.LoraLayer layer)> layers)
+    private static IEnumerable<(string name, Tensor tensor)> ExtraTensors(nn.Module model, LoraConfig config,
+        List<(string path, Modules.LoraLayer layer)> layers, string adapterName)
     {
         var names = ExtraNames(model, config, layers.Select(l => l.path).ToList());
+        var saved = SavedModules.Entries(model);
         foreach (var (key, tensor) in model.state_dict())
         {
             if (names.Contains(key))
             {
-                yield return (key, tensor);
+                // The adapter's own copy of a modules_to_save module, also while another adapter's copy is live.
+                yield return (key, SavedModules.StoredTensor(saved, key, adapterName) ?? tensor);
             }
         }
     }

@@ -19,7 +19,11 @@ public static partial class lora
     /// <remarks>
     /// <para>The new adapter is active only if the model had no adapter before; otherwise the active set is unchanged
     /// (call <see cref="set_adapter"/>), and the new factors train only once active. Base weights of adapted layers are
-    /// frozen; other parameters keep their <c>requires_grad</c>, except <see cref="LoraConfig.modules_to_save"/>, which train.</para>
+    /// frozen; other parameters keep their <c>requires_grad</c>, except <see cref="LoraConfig.modules_to_save"/>, which train
+    /// while an adapter's copy of them is shown.</para>
+    /// <para>Each adapter gets its own copy of the values of its <see cref="LoraConfig.modules_to_save"/> modules (PEFT), taken
+    /// from the values the module had before any adapter listed it. The module in the model shows the active adapter's copy;
+    /// adding an inactive adapter leaves the module's values as they are.</para>
     /// <para>The factors of an adapter other than "default" appear in <c>state_dict()</c> as
     /// <c>&lt;path&gt;.lora_adapters.&lt;name&gt;.lora_A</c> / <c>.lora_B</c>; "default" keeps <c>&lt;path&gt;.lora_A</c>.</para>
     /// </remarks>
@@ -59,9 +63,17 @@ public static partial class lora
     /// their updates are summed. Merged layers unmerge the old set and merge the new one. Active factors get
     /// <c>requires_grad = true</c>, inactive ones false.
     /// </summary>
+    /// <remarks>
+    /// A <see cref="LoraConfig.modules_to_save"/> module shows the copy of the active adapter that lists it, or its original
+    /// values (then frozen, as PEFT's original module) when none does; the outgoing copy's values are kept. Values are
+    /// copied in place, so the module's parameters, and an optimizer built on them, stay the same objects. Pass the model
+    /// that holds those modules.
+    /// </remarks>
     /// <param name="model">The model.</param>
     /// <param name="adapter_names">One or more adapter names.</param>
-    /// <exception cref="ArgumentException">No name given, or a name is not an adapter of the model.</exception>
+    /// <exception cref="ArgumentException">No name given, a name is not an adapter of the model, or two of the names have
+    /// their own copy of the same modules_to_save module (one module shows one copy; PEFT refuses too). Nothing is
+    /// changed then.</exception>
     public static void set_adapter(nn.Module model, params string[] adapter_names)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -72,13 +84,20 @@ public static partial class lora
         }
 
         CheckExisting(model, adapter_names, nameof(adapter_names));
+        SavedModules.CheckOneCopyActive(model, adapter_names, nameof(adapter_names));
         foreach (var (_, layer) in LoraLayers(model))
         {
             layer.SetActive(adapter_names);
         }
+
+        SavedModules.Sync(model, adapter_names, setGrad: true);
     }
 
-    /// <summary>Removes adapter <paramref name="adapter_name"/> from every layer (unmerging it first); the active set loses it.</summary>
+    /// <summary>
+    /// Removes adapter <paramref name="adapter_name"/> from every layer (unmerging it first); the active set loses it. Its
+    /// copies of <see cref="LoraConfig.modules_to_save"/> are dropped; a module that showed one shows what the remaining
+    /// active adapters select (their copy, or the original values).
+    /// </summary>
     /// <param name="model">The model.</param>
     /// <param name="adapter_name">The adapter to delete.</param>
     /// <exception cref="ArgumentException">The model has no such adapter.</exception>
@@ -93,12 +112,15 @@ public static partial class lora
                 layer.DeleteAdapter(adapter_name);
             }
         }
+
+        SavedModules.Delete(model, adapter_name, active_adapters(model));
     }
 
     /// <summary>
     /// A scope in which <paramref name="model"/> runs without any adapter (PEFT's <c>disable_adapter()</c> context): every LoRA
-    /// layer computes its base layer alone (merged layers are unmerged on their next forward). Disposing the scope enables
-    /// the adapters again and re-merges the layers that were merged when it began.
+    /// layer computes its base layer alone (merged layers are unmerged on their next forward), and every
+    /// <see cref="LoraConfig.modules_to_save"/> module shows its original values. Disposing the scope enables the adapters
+    /// again, shows the active adapter's copies and re-merges the layers that were merged when it began.
     /// </summary>
     /// <param name="model">The model.</param>
     /// <returns>The scope; dispose it to end it.</returns>
@@ -113,12 +135,15 @@ public static partial class lora
             layer.disable_adapters = true;
         }
 
+        var endSaved = SavedModules.OverrideAll(model, _ => SavedModules.Original);
         return new Scope(() =>
         {
             foreach (var layer in layers)
             {
                 layer.disable_adapters = wasDisabled.Contains(layer);
             }
+
+            endSaved();
 
             foreach (var layer in wasMerged)
             {
@@ -138,12 +163,30 @@ public static partial class lora
     /// <param name="adapter_names">One adapter name per batch row.</param>
     /// <returns>The scope; dispose it to return to the active adapters.</returns>
     /// <exception cref="ArgumentException">A name is neither "__base__" nor an adapter of the model.</exception>
+    /// <exception cref="NotSupportedException">Rows need different copies of a <see cref="LoraConfig.modules_to_save"/> module
+    /// (two adapters that each have one, or one that has and one that has not): the module runs one copy per batch. When the
+    /// rows need one copy, the module shows it for the scope.</exception>
     public static IDisposable adapter_names_scope(nn.Module model, IReadOnlyList<string> adapter_names)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(adapter_names);
         CheckExisting(model, adapter_names.Where(n => n != BASE_ADAPTER_ROW), nameof(adapter_names));
         var rows = adapter_names.ToArray();
+        var savedSlots = new Dictionary<SavedModules.Entry, string>();
+        foreach (var (path, _, entry) in SavedModules.Entries(model))
+        {
+            var slots = rows.Select(r => entry.Adapters.Contains(r) ? r : SavedModules.Original).Distinct(StringComparer.Ordinal).ToList();
+            if (slots.Count > 1)
+            {
+                throw new NotSupportedException(
+                    $"Rows of this batch need different copies of module '{path}' (modules_to_save: " +
+                    $"{string.Join(", ", slots.Select(s => s == SavedModules.Original ? "the original" : $"adapter '{s}'"))}); " +
+                    "a mixed batch can use one copy of it only. Run those rows in separate batches.");
+            }
+
+            savedSlots[entry] = slots.Count == 1 ? slots[0] : entry.Live;
+        }
+
         var layers = LoraLayers(model).Select(l => l.layer).ToList();
         var wasMerged = layers.Where(l => l.merged).ToList();
         foreach (var layer in layers)
@@ -152,8 +195,10 @@ public static partial class lora
             layer.SetRowAdapters(rows);
         }
 
+        var endSaved = SavedModules.OverrideAll(model, entry => savedSlots[entry]);
         return new Scope(() =>
         {
+            endSaved();
             foreach (var layer in layers)
             {
                 layer.SetRowAdapters(null);
@@ -169,7 +214,8 @@ public static partial class lora
     /// <summary>
     /// Merges adapters into the base weights and puts plain TorchSharp modules (<c>nn.Linear</c>, <c>nn.Embedding</c>,
     /// <c>nn.Conv1d/2d/3d</c>) in place of every LoRA layer (PEFT's <c>merge_and_unload</c>). The plain modules own the
-    /// (merged) base tensors; the LoRA factors are dropped.
+    /// (merged) base tensors; the LoRA factors are dropped. <see cref="LoraConfig.modules_to_save"/> modules keep the active
+    /// adapter's copy (as PEFT); the other copies are dropped.
     /// </summary>
     /// <param name="model">The model to change in place.</param>
     /// <param name="adapter_names">Adapters to merge; null (default) merges the active ones.</param>
@@ -179,7 +225,7 @@ public static partial class lora
 
     /// <summary>
     /// Removes every LoRA layer without merging (PEFT's <c>unload</c>): plain TorchSharp modules holding the original base
-    /// weights take their places.
+    /// weights take their places. <see cref="LoraConfig.modules_to_save"/> modules keep the active adapter's copy (as PEFT).
     /// </summary>
     /// <param name="model">The model to change in place.</param>
     /// <returns><paramref name="model"/>, or the plain module when <paramref name="model"/> itself is a LoRA layer.</returns>
@@ -312,6 +358,7 @@ public static partial class lora
             });
         }
 
+        SavedModules.Forget(model); // the modules keep the active adapter's copy (as PEFT's unload)
         foreach (var swap in swaps)
         {
             swap();
