@@ -206,6 +206,9 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
                     case TorchSharp.Modules.Embedding embedding:
                         embedding.weight = Alias(prefix + "weight");
                         break;
+                    case FrozenEmbedding frozen:
+                        frozen.weight = Alias(prefix + "weight");
+                        break;
                     case TorchSharp.Modules.LayerNorm norm:
                         norm.weight = Alias(prefix + "weight");
                         norm.bias = Alias(prefix + "bias");

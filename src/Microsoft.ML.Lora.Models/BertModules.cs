@@ -17,21 +17,28 @@ namespace Microsoft.ML.Lora.Models;
 
 internal sealed class BertEmbeddings : Module<Tensor, Tensor, Tensor>
 {
-    private readonly Embedding word_embeddings;
-    private readonly Embedding position_embeddings;
-    private readonly Embedding token_type_embeddings;
+    private readonly Module<Tensor, Tensor> word_embeddings;
+    private readonly Module<Tensor, Tensor> position_embeddings;
+    private readonly Module<Tensor, Tensor> token_type_embeddings;
     private readonly LayerNorm LayerNorm;
     private readonly Dropout dropout;
 
     public BertEmbeddings(BertConfig config, Device? device = null) : base("BertEmbeddings")
     {
-        word_embeddings = nn.Embedding(config.VocabSize, config.HiddenSize, padding_idx: config.PadTokenId, device: device);
-        position_embeddings = nn.Embedding(config.MaxPositionEmbeddings, config.HiddenSize, device: device);
-        token_type_embeddings = nn.Embedding(config.TypeVocabSize, config.HiddenSize, device: device);
+        word_embeddings = NewEmbedding(config.VocabSize, config.HiddenSize, config.PadTokenId, device);
+        position_embeddings = NewEmbedding(config.MaxPositionEmbeddings, config.HiddenSize, null, device);
+        token_type_embeddings = NewEmbedding(config.TypeVocabSize, config.HiddenSize, null, device);
         LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps, device: device);
         dropout = nn.Dropout(config.HiddenDropoutProb);
         RegisterComponents();
     }
+
+    // TorchSharp's native nn.Embedding keeps a CPU weight of its full size even on the meta device (measured: +45 MiB of
+    // RSS per MiniLM tree); a tree built to share another model's weights (meta device) gets frozen lookups instead.
+    private static Module<Tensor, Tensor> NewEmbedding(long count, long dimension, long? paddingIndex, Device? device) =>
+        device?.type == DeviceType.META
+            ? new FrozenEmbedding(count, dimension)
+            : nn.Embedding(count, dimension, padding_idx: paddingIndex, device: device);
 
     public override Tensor forward(Tensor inputIds, Tensor tokenTypeIds)
     {
