@@ -25,7 +25,7 @@ public sealed class ResNetPyTorchParityTests
         torch.manual_seed(70);
         using var model = ResNet.FromOnnx(DnnImageModels.ResNet18Path(), numClasses: 4);
         string basePath = Path.Combine(dir, "base.safetensors");
-        SafetensorsWriter.Save(basePath, model.state_dict());
+        SafeTensors.Write(basePath, model.state_dict(), null, ScalarType.Float32);
 
         lora.inject_adapter_in_model(new LoraConfig
         {
@@ -51,7 +51,7 @@ public sealed class ResNetPyTorchParityTests
         using var normalization = ImageNormalization.FromOnnx(DnnImageModels.ResNetPreprocessPath());
         var images = normalization.Apply(cat([TestImages.Fashion(1, 64), TestImages.Colour(1, 64)], 0));
         string inputs = Path.Combine(dir, "inputs.safetensors");
-        SafetensorsWriter.Save(inputs, new Dictionary<string, Tensor> { ["images"] = images });
+        SafeTensors.Write(inputs, new Dictionary<string, Tensor> { ["images"] = images }, null, ScalarType.Float32);
 
         model.eval();   // merged
         Tensor expected;
