@@ -63,26 +63,14 @@ public sealed class MiniLmTests
     public void ExportOnnx_MiniLmSentimentTestSplit_OnnxRuntimeScoresEqualTransformWithSameAccuracy()
     {
         var ml = new MLContext(seed: 42);
-        var data = ml.Data.LoadFromTextFile(Path.Combine(AppContext.BaseDirectory, "TestData", "sentiment.tsv"),
-            [new TextLoader.Column("Text", DataKind.String, 0), new TextLoader.Column("Label", DataKind.String, 1)],
-            separatorChar: '\t', hasHeader: true, allowQuoting: false);
-        var split = ml.Data.TrainTestSplit(data, testFraction: 0.2, seed: 42);
-        var toKey = ml.Transforms.Conversion.MapValueToKey("Label").Fit(split.TrainSet);
-        var options = new LoraFineTuningOptions
-        {
-            BaseModel = PretrainedModel.MiniLmL6V2,
-            BatchSize = 32,
-            MaxEpochs = 2,
-            LearningRate = 3e-3,
-            MaxSequenceLength = 64,
-        };
-        using var model = ml.Transforms.LoraFineTune(options).Fit(toKey.Transform(ml.Data.TakeRows(split.TrainSet, 128)));
+        var sentiment = SentimentSplit.Load(ml);
+        using var model = sentiment.FitBriefly(ml);
         string path = Path.Combine(Path.GetTempPath(), $"minilm-{Guid.NewGuid():N}.onnx");
         try
         {
             model.ExportOnnx(path);
             using var onnx = ml.Transforms.ScoreLoraOnnx(path);
-            var test = toKey.Transform(split.TestSet);
+            var test = sentiment.Test;
             var torchScored = model.Transform(test);
             var onnxScored = onnx.Transform(test);
             var torchScores = torchScored.GetColumn<VBuffer<float>>("Score").Select(v => v.DenseValues().ToArray()).ToArray();

@@ -179,31 +179,18 @@ public sealed class PeftPyTorchParityTests
     public void SavePeftAdapter_MiniLmSentimentTestSplit_PyTorchReferenceScoresAsTransform()
     {
         var ml = new MLContext(seed: 42);
-        var data = ml.Data.LoadFromTextFile(Path.Combine(AppContext.BaseDirectory, "TestData", "sentiment.tsv"),
-            [new TextLoader.Column("Text", DataKind.String, 0), new TextLoader.Column("Label", DataKind.String, 1)],
-            separatorChar: '\t', hasHeader: true, allowQuoting: false);
-        var split = ml.Data.TrainTestSplit(data, testFraction: 0.2, seed: 42);
-        var toKey = ml.Transforms.Conversion.MapValueToKey("Label").Fit(split.TrainSet);
-        var options = new LoraFineTuningOptions
-        {
-            BaseModel = PretrainedModel.MiniLmL6V2,
-            Pooling = PoolingMode.Cls,
-            BatchSize = 32,
-            MaxEpochs = 2,
-            LearningRate = 3e-3,
-            MaxSequenceLength = 64,
-        };
-        using var model = ml.Transforms.LoraFineTune(options).Fit(toKey.Transform(ml.Data.TakeRows(split.TrainSet, 128)));
+        var sentiment = SentimentSplit.Load(ml);
+        using var model = sentiment.FitBriefly(ml, PoolingMode.Cls);
         string dir = Path.Combine(root, "minilm");
         string baseDirectory = Path.Combine(dir, "base");
         model.Model.Model.Bert.SaveHuggingFace(baseDirectory);   // the reference reads safetensors
         model.SavePeftAdapter(Path.Combine(dir, "adapter"));
-        var test = toKey.Transform(split.TestSet);
+        var test = sentiment.Test;
         var texts = test.GetColumn<string>("Text").ToList();
         Assert.HasCount(603, texts);
         float[] ours = model.Transform(test).GetColumn<VBuffer<float>>("Score").SelectMany(v => v.DenseValues()).ToArray();
 
-        var (ids, mask, types) = model.Model.Tokenizer.Encode(texts, null, options.MaxSequenceLength).ToTensors(CPU);
+        var (ids, mask, types) = model.Model.Tokenizer.Encode(texts, null, model.Model.Settings.MaxSequenceLength).ToTensors(CPU);
         string inputs = Path.Combine(dir, "inputs.safetensors");
         SafeTensors.Write(inputs, new Dictionary<string, Tensor> { ["input_ids"] = ids, ["attention_mask"] = mask, ["token_type_ids"] = types }, null);
         // float32 in the reference too: 603 rows of MiniLM in float64 take minutes on 2 cores.
