@@ -122,6 +122,13 @@ internal static class LoraModelFile
     {
         ArgumentNullException.ThrowIfNull(env);
         ArgumentNullException.ThrowIfNull(ctx);
+        if (ctx.Header.ModelVerReadable > VersionCurrent)
+        {
+            throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
+                $"This LoRA model file has format version 0x{ctx.Header.ModelVerWritten:X8} and needs a reader of version 0x{ctx.Header.ModelVerReadable:X8} or later; " +
+                $"this Microsoft.ML.Lora ({typeof(LoraModelFile).Assembly.GetName().Version}) reads format versions up to 0x{VersionCurrent:X8}. Update the Microsoft.ML.Lora package."));
+        }
+
         ctx.CheckAtModel(GetVersionInfo());
         var r = ctx.Reader;
 
