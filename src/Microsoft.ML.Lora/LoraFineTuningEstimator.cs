@@ -45,7 +45,11 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
 
     private ColumnNames Columns => new(options.TextColumnName, options.TextPairColumnName, options.ScoreColumnName, options.PredictedLabelColumnName, options.ProbabilityColumnName);
 
-    /// <summary>Trains the LoRA adapter and head on <paramref name="input"/>.</summary>
+    /// <summary>
+    /// Trains the LoRA adapter and head on <paramref name="input"/>. Rows with a missing label (key 0, or a NaN or infinite
+    /// regression label) are skipped and the log says how many; a null text reads as the empty string (ML.NET has no
+    /// missing text). docs/RELIABILITY.md lists the behaviour for bad input.
+    /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">A column is missing or has the wrong type (the message names it, the expected and the actual type).</exception>
     /// <exception cref="ArgumentException">No labelled rows, a single class, or a constant regression label.</exception>
     /// <exception cref="InvalidOperationException">

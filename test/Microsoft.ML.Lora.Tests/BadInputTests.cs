@@ -402,7 +402,7 @@ public sealed class BadInputTests
     }
 
     [TestMethod]
-    public void Load_AdapterEntryWithBadHeader_ThrowsNamingEntry()
+    public void Load_AdapterEntryRewrittenInValidZip_ThrowsInvalidData()
     {
         // A well-formed zip whose LoraAdapter.bin has a damaged header (magic and tensor count).
         string path = CopyOfSaved("badheader.zip");
