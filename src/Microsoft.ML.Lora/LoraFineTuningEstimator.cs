@@ -45,7 +45,11 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
 
     private ColumnNames Columns => new(options.TextColumnName, options.TextPairColumnName, options.ScoreColumnName, options.PredictedLabelColumnName, options.ProbabilityColumnName);
 
-    /// <summary>Trains the LoRA adapter and head on <paramref name="input"/>.</summary>
+    /// <summary>
+    /// Trains the LoRA adapter and head on <paramref name="input"/>. Rows with a missing label (key 0, or a NaN or infinite
+    /// regression label) are skipped and the log says how many; a null text reads as the empty string (ML.NET has no
+    /// missing text). docs/RELIABILITY.md lists the behaviour for bad input.
+    /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">A column is missing or has the wrong type (the message names it, the expected and the actual type).</exception>
     /// <exception cref="ArgumentException">No labelled rows, a single class, or a constant regression label.</exception>
     /// <exception cref="InvalidOperationException">
@@ -85,6 +89,12 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             label.Task == LoraTaskKind.Regression ? (float)statistics.StandardDeviation : 1f);
 
         using var channel = host.Start("LoraFineTuning");
+        if (statistics.Skipped > 0)
+        {
+            MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
+                $"Skipped {statistics.Skipped} rows with a missing label in column '{options.LabelColumnName}' (key 0, or a NaN or infinite value); training on {statistics.Rows} rows."));
+        }
+
         // Training never merges (the base may be shared with other models in this process); a private merged copy, when
         // LoraBaseModels.PrivateMergedCopies asks for one, is built at the end.
         bool mergedCopy = LoraBaseModels.PrivateMergedCopies;
@@ -227,6 +237,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             CheckName(o.TextPairColumnName, nameof(o.TextPairColumnName));
         }
 
+        CheckDistinctNames(o);
         if (o.BaseModel is null)
         {
             throw new ArgumentNullException(nameof(LoraFineTuningOptions.BaseModel), "BaseModel must name a pretrained model, e.g. PretrainedModel.MiniLmL6V2.");
@@ -297,6 +308,40 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
         }
 
         return o;
+    }
+
+    // An output column may hide an input column of the same name that the model does not read (ML.NET's convention),
+    // but not another output column nor the text, pair or label column.
+    private static void CheckDistinctNames(LoraFineTuningOptions o)
+    {
+        var outputs = new[]
+        {
+            (Field: nameof(o.ScoreColumnName), Name: o.ScoreColumnName),
+            (Field: nameof(o.PredictedLabelColumnName), Name: o.PredictedLabelColumnName),
+            (Field: nameof(o.ProbabilityColumnName), Name: o.ProbabilityColumnName),
+        };
+        var inputs = new List<(string Field, string Name)>
+        {
+            (nameof(o.TextColumnName), o.TextColumnName),
+            (nameof(o.LabelColumnName), o.LabelColumnName),
+        };
+        if (o.TextPairColumnName is not null)
+        {
+            inputs.Add((nameof(o.TextPairColumnName), o.TextPairColumnName));
+        }
+
+        for (int i = 0; i < outputs.Length; i++)
+        {
+            foreach (var other in outputs.Skip(i + 1).Concat(inputs))
+            {
+                if (string.Equals(outputs[i].Name, other.Name, StringComparison.Ordinal))
+                {
+                    throw new ArgumentException(
+                        $"{outputs[i].Field} and {other.Field} are both '{other.Name}'; an output column must not take the name of another output or of the text, pair or label column.",
+                        outputs[i].Field);
+                }
+            }
+        }
     }
 
     private static void CheckName(string? name, string field)

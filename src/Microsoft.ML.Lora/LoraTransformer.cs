@@ -232,7 +232,16 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     /// <summary>Releases a reference taken by <see cref="AddReference"/>.</summary>
     internal void ReleaseReference() => Release(fromEngine: false, cursor: true);
 
-    void ICanSaveModel.Save(ModelSaveContext ctx) => LoraModelFile.Save(this, ctx);
+    void ICanSaveModel.Save(ModelSaveContext ctx)
+    {
+        // Saving is the owner's act: after the owner's Dispose it fails clearly (engines may still hold the tensors).
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(ownerDisposed, this);
+        }
+
+        LoraModelFile.Save(this, ctx);
+    }
 
     /// <summary>
     /// Ends the transformer: the first call by its owner releases the owner's reference; later calls do nothing. A call

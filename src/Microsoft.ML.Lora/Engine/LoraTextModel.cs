@@ -120,13 +120,19 @@ internal sealed class LoraTextModel : IDisposable
                 // device read per layer per batch), which costs more than the branch's two small matrix products.
                 merge_weights = mergedCopy && encoderDtype == ScalarType.Float32 && device.type != DeviceType.CUDA,
             };
-            var adapted = lora.inject_adapter_in_model(config, model);
+            IReadOnlyList<string> adapted;
+            try
+            {
+                adapted = lora.inject_adapter_in_model(config, model);
+            }
+            catch (ArgumentException e) when (e.ParamName == nameof(config) && e.Message.StartsWith("No module of the model matches", StringComparison.Ordinal))
+            {
+                throw NoTargetMatches(model, settings, e);
+            }
+
             if (adapted.Count == 0)
             {
-                model.Dispose();
-                throw new ArgumentException(
-                    $"None of the TargetModules ({string.Join(", ", settings.TargetModules)}) matches a linear layer of the base model; " +
-                    "use names such as query, key, value, dense.", nameof(LoraFineTuningOptions.TargetModules));
+                throw NoTargetMatches(model, settings, null);
             }
 
             if (config.merge_weights)
@@ -274,5 +280,20 @@ internal sealed class LoraTextModel : IDisposable
         disposed = true;
         Model.Dispose();
         baseModel.Dispose();
+    }
+
+    /// <summary>Disposes <paramref name="model"/> and returns the error that names the TargetModules and the linear layers that exist.</summary>
+    private static ArgumentException NoTargetMatches(nn.Module model, AdapterSettings settings, Exception? inner)
+    {
+        // The distinct last parts of the encoder's linear layers' paths (the head is not a target).
+        var existing = model.named_modules()
+            .Where(m => m.module is TorchSharp.Modules.Linear && !m.name.StartsWith("classifier", StringComparison.Ordinal))
+            .Select(m => m.name[(m.name.LastIndexOf('.') + 1)..])
+            .Distinct(StringComparer.Ordinal)
+            .ToList();
+        model.Dispose();
+        return new ArgumentException(
+            $"None of the TargetModules ({string.Join(", ", settings.TargetModules)}) matches a linear layer of the base model; " +
+            $"its linear layers are named: {string.Join(", ", existing)}.", nameof(LoraFineTuningOptions.TargetModules), inner);
     }
 }

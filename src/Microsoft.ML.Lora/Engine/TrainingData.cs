@@ -3,7 +3,10 @@ using Microsoft.ML.Data;
 
 namespace Microsoft.ML.Lora.Engine;
 
-/// <summary>Streams <see cref="TrainingRow"/>s from an <see cref="IDataView"/> cursor; rows with a missing label are skipped.</summary>
+/// <summary>
+/// Streams <see cref="TrainingRow"/>s from an <see cref="IDataView"/> cursor; rows with a missing label (key 0, or a NaN or
+/// infinite regression label) are skipped, and Fit logs how many.
+/// </summary>
 internal sealed class TrainingData
 {
     private readonly IDataView data;
@@ -26,7 +29,7 @@ internal sealed class TrainingData
     {
         var column = data.Schema[labelColumn];
         using var cursor = data.GetRowCursor([column]);
-        long rows = 0;
+        long rows = 0, skipped = 0;
         var counts = new long[Math.Max(classCount, 2)];
         double sum = 0, sumSquares = 0;
         switch (task)
@@ -40,6 +43,7 @@ internal sealed class TrainingData
                     getter(ref key);
                     if (key == 0 || key > classCount)
                     {
+                        skipped++;
                         continue;
                     }
 
@@ -73,6 +77,7 @@ internal sealed class TrainingData
                     getter(ref value);
                     if (!float.IsFinite(value))
                     {
+                        skipped++;
                         continue;
                     }
 
@@ -87,7 +92,7 @@ internal sealed class TrainingData
 
         double mean = rows > 0 ? sum / rows : 0;
         double variance = rows > 1 ? Math.Max(0, (sumSquares - rows * mean * mean) / (rows - 1)) : 0;
-        return new LabelStatistics(rows, counts, mean, Math.Sqrt(variance));
+        return new LabelStatistics(rows, counts, mean, Math.Sqrt(variance), skipped);
     }
 
     /// <summary>Streams the rows in data order (one cursor pass).</summary>
@@ -183,5 +188,8 @@ internal sealed class TrainingData
     }
 }
 
-/// <summary>Label facts read before training.</summary>
-internal sealed record LabelStatistics(long Rows, long[] ClassCounts, double Mean, double StandardDeviation);
+/// <summary>
+/// Label facts read before training: usable rows, class counts, label mean and spread, and the rows skipped for a missing
+/// label (key 0 or out of range, or a NaN or infinite regression label).
+/// </summary>
+internal sealed record LabelStatistics(long Rows, long[] ClassCounts, double Mean, double StandardDeviation, long Skipped = 0);

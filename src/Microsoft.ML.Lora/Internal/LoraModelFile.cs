@@ -18,7 +18,7 @@ namespace Microsoft.ML.Lora.Internal;
 /// Saves and loads <see cref="LoraTransformer"/> in ML.NET model files (through ML.NET's internal model-file API).
 /// The transformer's zip entry holds, via <c>ctx.Writer</c>: a payload version, the task and label key values, the
 /// column names, the adapter settings, the tokenizer settings and the base-model reference (descriptor JSON and weights
-/// SHA-256), then (version 2) the requested precision; and a binary stream <see cref="TensorStreamName"/> with the LoRA and head tensors only.
+/// SHA-256), then (version 2) the requested precision, (version 3) the SHA-256 of the tensor entry; and a binary stream <see cref="TensorStreamName"/> with the LoRA and head tensors only.
 /// </summary>
 internal static class LoraModelFile
 {
@@ -36,8 +36,11 @@ internal static class LoraModelFile
     // 0x00010001: first format.
     // 0x00010002: adds the requested precision (LoraPrecision, int32) after the base-model reference. Version 1 files
     //             were trained in float32, the only precision then, and load as LoraPrecision.Float32.
+    // 0x00010003: adds the SHA-256 (hex) of the LoraAdapter.bin entry after the precision; Load refuses an entry whose
+    //             bytes do not match it (a damaged file). Readers of version 2 ignore it, so files stay readable by them.
     private const uint VersionWithPrecision = 0x00010002;
-    private const uint VersionCurrent = VersionWithPrecision;
+    private const uint VersionWithChecksum = 0x00010003;
+    private const uint VersionCurrent = VersionWithChecksum;
 
     private static VersionInfo GetVersionInfo() => new(
         ModelSignature,
@@ -98,7 +101,15 @@ internal static class LoraModelFile
         var state = model.AdapterState();
         try
         {
-            ctx.SaveBinaryStream(TensorStreamName, writer => TensorFile.Write(writer, state));
+            using var tensors = new MemoryStream();
+            using (var tensorWriter = new BinaryWriter(tensors, System.Text.Encoding.UTF8, leaveOpen: true))
+            {
+                TensorFile.Write(tensorWriter, state);
+            }
+
+            var bytes = tensors.ToArray();
+            w.Write(Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes)));
+            ctx.SaveBinaryStream(TensorStreamName, writer => writer.Write(bytes));
         }
         finally
         {
@@ -111,6 +122,13 @@ internal static class LoraModelFile
     {
         ArgumentNullException.ThrowIfNull(env);
         ArgumentNullException.ThrowIfNull(ctx);
+        if (ctx.Header.ModelVerReadable > VersionCurrent)
+        {
+            throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
+                $"This LoRA model file has format version 0x{ctx.Header.ModelVerWritten:X8} and needs a reader of version 0x{ctx.Header.ModelVerReadable:X8} or later; " +
+                $"this Microsoft.ML.Lora ({typeof(LoraModelFile).Assembly.GetName().Version}) reads format versions up to 0x{VersionCurrent:X8}. Update the Microsoft.ML.Lora package."));
+        }
+
         ctx.CheckAtModel(GetVersionInfo());
         var r = ctx.Reader;
 
@@ -158,8 +176,9 @@ internal static class LoraModelFile
         // on the CPU it is a float32 model. One trained in float32 stays float32 everywhere.
         var loadPrecision = precision == LoraPrecision.Float32 ? LoraPrecision.Float32 : LoraPrecision.Auto;
 
+        string? checksum = ctx.Header.ModelVerWritten >= VersionWithChecksum ? r.ReadString() : null;
         SortedDictionary<string, Tensor>? state = null;
-        if (!ctx.TryLoadBinaryStream(TensorStreamName, reader => state = TensorFile.Read(reader)) || state is null)
+        if (!ctx.TryLoadBinaryStream(TensorStreamName, reader => state = ReadTensors(reader, checksum)) || state is null)
         {
             throw new InvalidDataException($"This LoRA model file has no '{TensorStreamName}' entry with the adapter tensors.");
         }
@@ -192,6 +211,29 @@ internal static class LoraModelFile
         {
             LoraTrainer.DisposeState(state);
         }
+    }
+
+    /// <summary>Reads the tensor entry, first checking its SHA-256 against the one recorded in Model.key (version 3 on).</summary>
+    /// <exception cref="InvalidDataException">The entry's bytes do not match the recorded SHA-256.</exception>
+    private static SortedDictionary<string, Tensor> ReadTensors(BinaryReader reader, string? checksum)
+    {
+        if (checksum is null)
+        {
+            return TensorFile.Read(reader);
+        }
+
+        using var bytes = new MemoryStream();
+        reader.BaseStream.CopyTo(bytes);
+        string actual = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes.GetBuffer().AsSpan(0, (int)bytes.Length)));
+        if (!string.Equals(actual, checksum, StringComparison.OrdinalIgnoreCase))
+        {
+            throw new InvalidDataException(
+                $"The '{TensorStreamName}' entry of this LoRA model file is damaged: its SHA-256 is {actual}, the model file recorded {checksum}.");
+        }
+
+        bytes.Position = 0;
+        using var copy = new BinaryReader(bytes, System.Text.Encoding.UTF8, leaveOpen: true);
+        return TensorFile.Read(copy);
     }
 
     private static void WriteNullable(BinaryWriter w, string? value)
