@@ -114,7 +114,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
                 if (options.MaxEpochs == 0 && !mergedCopy)
                 {
                     model.Model.eval();
-                    return new LoraTransformer(model, Columns, options.InferenceBatchSize);
+                    return new LoraTransformer(model, Columns, options.InferenceBatchSize) { GroupByLength = options.GroupByLength };
                 }
             }
 
@@ -124,7 +124,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             if (best is null && !mergedCopy)
             {
                 model.Model.eval();
-                return new LoraTransformer(model, Columns, options.InferenceBatchSize);
+                return new LoraTransformer(model, Columns, options.InferenceBatchSize) { GroupByLength = options.GroupByLength };
             }
 
             // The best epoch's adapter, or a private merged copy: rebuild on the (shared) base, exactly as loading a saved
@@ -136,7 +136,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
                 rebuilt.LoadAdapterState(state);
                 rebuilt.Model.eval();
                 model.Dispose();
-                return new LoraTransformer(rebuilt, Columns, options.InferenceBatchSize);
+                return new LoraTransformer(rebuilt, Columns, options.InferenceBatchSize) { GroupByLength = options.GroupByLength };
             }
             finally
             {

@@ -53,6 +53,12 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
 
     internal int InferenceBatchSize { get; }
 
+    /// <summary>
+    /// Whether <c>Transform</c> sorts each window of rows by text length before cutting it into batches (outputs keep the
+    /// row order); from <see cref="LoraFineTuningOptions.GroupByLength"/>, true for a loaded model.
+    /// </summary>
+    internal bool GroupByLength { get; set; } = true;
+
     /// <summary>The task, from the label column's type at training time.</summary>
     public LoraTaskKind Task => Model.Label.Task;
 
@@ -164,7 +170,7 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
             ObjectDisposedException.ThrowIf(ownerDisposed, this);
         }
 
-        return new LoraDataView(input, this);
+        return new LoraDataView(input, this, GroupByLength);
     }
 
     /// <summary>

@@ -6,16 +6,24 @@ namespace Microsoft.ML.Lora.Data;
 /// The lazy result of a text model's <c>Transform</c> (<see cref="ITextScorer"/>): input columns pass through and the prediction columns
 /// are computed when a cursor asks for them, one forward pass per <c>InferenceBatchSize</c> rows. A second input
 /// cursor over the text column(s) runs ahead to fill each batch, so no input values are buffered besides the texts.
+/// With length grouping, the look-ahead reads a window of <see cref="WindowBatches"/> batches, sorts it by text length
+/// (characters of text and pair), predicts it in batches of similar length (less padding) and puts the outputs back in
+/// the row order; the window's texts and outputs are the memory held.
 /// </summary>
 internal sealed class LoraDataView : IDataView
 {
     private readonly IDataView input;
     private readonly ITextScorer parent;
+    private readonly bool groupByLength;
 
-    public LoraDataView(IDataView input, ITextScorer parent)
+    /// <summary>Batches per length-sorted window when grouping by length.</summary>
+    internal const int WindowBatches = 8;
+
+    public LoraDataView(IDataView input, ITextScorer parent, bool groupByLength = false)
     {
         this.input = input;
         this.parent = parent;
+        this.groupByLength = groupByLength;
         Schema = parent.GetOutputSchema(input.Schema);
     }
 
@@ -131,10 +139,11 @@ internal sealed class LoraDataView : IDataView
         private void FillBatch()
         {
             int size = view.parent.InferenceBatchSize;
-            var texts = new List<string>(size);
-            var pairs = pairGetter is null ? null : new List<string>(size);
+            int window = view.groupByLength ? (int)Math.Min(int.MaxValue / 2, (long)size * WindowBatches) : size;
+            var texts = new List<string>(Math.Min(window, 1 << 12));
+            var pairs = pairGetter is null ? null : new List<string>(texts.Capacity);
             ReadOnlyMemory<char> text = default, pair = default;
-            while (texts.Count < size && ahead!.MoveNext())
+            while (texts.Count < window && ahead!.MoveNext())
             {
                 textGetter!(ref text);
                 texts.Add(text.ToString());
@@ -150,9 +159,49 @@ internal sealed class LoraDataView : IDataView
                 throw new InvalidOperationException("The input data returned fewer rows to the text cursor than to the main cursor; the model needs a data view whose cursors see the same rows in the same order.");
             }
 
-            outputs = view.parent.Predict(texts, pairs);
+            outputs = texts.Count <= size ? view.parent.Predict(texts, pairs) : PredictGrouped(texts, pairs, size);
             batchStart = row;
             batchCount = texts.Count;
+        }
+
+        /// <summary>Predicts a window in batches of rows sorted by length; the outputs are in the window's row order.</summary>
+        private float[] PredictGrouped(List<string> texts, List<string>? pairs, int size)
+        {
+            int count = texts.Count;
+            var lengths = new int[count];
+            var order = new int[count];
+            for (int i = 0; i < count; i++)
+            {
+                lengths[i] = texts[i].Length + (pairs is null ? 0 : pairs[i].Length);
+                order[i] = i;
+            }
+
+            // Stable: ties keep the row order.
+            Array.Sort(order, (a, b) => lengths[a] != lengths[b] ? lengths[a].CompareTo(lengths[b]) : a.CompareTo(b));
+            int width = view.parent.Label.OutputCount;
+            var result = new float[count * width];
+            for (int start = 0; start < count; start += size)
+            {
+                int n = Math.Min(size, count - start);
+                var batchTexts = new string[n];
+                var batchPairs = pairs is null ? null : new string[n];
+                for (int k = 0; k < n; k++)
+                {
+                    batchTexts[k] = texts[order[start + k]];
+                    if (batchPairs is not null)
+                    {
+                        batchPairs[k] = pairs![order[start + k]];
+                    }
+                }
+
+                var part = view.parent.Predict(batchTexts, batchPairs);
+                for (int k = 0; k < n; k++)
+                {
+                    Array.Copy(part, k * width, result, order[start + k] * width, width);
+                }
+            }
+
+            return result;
         }
 
         public override ValueGetter<TValue> GetGetter<TValue>(DataViewSchema.Column column)

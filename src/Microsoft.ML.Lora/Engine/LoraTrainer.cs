@@ -85,7 +85,11 @@ internal sealed class LoraTrainer
             int pending = 0;
             double learningRate = options.LearningRate;
             optimizer.zero_grad();
-            foreach (var batch in rows.Chunk(options.BatchSize))
+            var batches = options.GroupByLength
+                ? LengthGrouping.Batches(rows, options.BatchSize, LengthGrouping.TrainingWindowBatches * options.BatchSize, LengthGrouping.Length,
+                    new Random(unchecked((seed * 1_000_003) + epoch + 0x5bd1e995)))
+                : rows.Chunk(options.BatchSize);
+            foreach (var batch in batches)
             {
                 CheckCanceled();
                 ForwardBackward(batch, intervalLoss, epochLoss);
