@@ -81,7 +81,10 @@ public sealed class BadInputTests
     {
         // ML.NET has no missing value for text: a null string reads as an empty one.
         var scores = Scores(binary, [null, string.Empty, "good movie"]);
-        Assert.AreEqual(scores[1], scores[0]);
+
+        // Same tokens; with length grouping the two rows sit at other positions of the batch, where float32 kernels may
+        // round differently (observed 4e-9).
+        Assert.AreEqual(scores[1], scores[0], 1e-6);
         Assert.IsTrue(float.IsFinite(scores[2]));
     }
 
@@ -100,9 +103,10 @@ public sealed class BadInputTests
         var scores = Scores(binary, [string.Empty, " ", "\t\n  \r\n", "\u00A0\u2003"]);
         Assert.IsTrue(scores.All(float.IsFinite), string.Join(", ", scores));
 
-        // Whitespace yields no tokens: the row is [CLS] [SEP], the same as the empty string.
-        Assert.AreEqual(scores[0], scores[1]);
-        Assert.AreEqual(scores[0], scores[2]);
+        // Whitespace yields no tokens: the row is [CLS] [SEP], the same as the empty string (at another position of the
+        // length-grouped batch: float32 rounding only).
+        Assert.AreEqual(scores[0], scores[1], 1e-6);
+        Assert.AreEqual(scores[0], scores[2], 1e-6);
     }
 
     [TestMethod]
@@ -162,7 +166,9 @@ public sealed class BadInputTests
         });
         var scores = model.Transform(test).GetColumn<float>("Score").ToArray();
         Assert.IsTrue(float.IsFinite(scores[0]));
-        Assert.AreEqual(scores[1], scores[0]);
+
+        // Same tokens at another position of the batch (length grouping): float32 rounding only (observed 7e-9).
+        Assert.AreEqual(scores[1], scores[0], 1e-6);
     }
 
     // ---- Labels ----
