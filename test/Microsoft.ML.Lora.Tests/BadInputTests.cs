@@ -33,13 +33,7 @@ public sealed class BadInputTests
     public static void Cleanup()
     {
         binary?.Dispose();
-        try
-        {
-            Directory.Delete(root, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
+        TinyBert.DeleteTempDirectory(root);
     }
 
     private static LoraFineTuningOptions Options(int epochs = 1)

@@ -26,13 +26,7 @@ public sealed class CudaFineTuningTests
     [ClassCleanup]
     public static void Cleanup()
     {
-        try
-        {
-            Directory.Delete(root, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
+        TinyBert.DeleteTempDirectory(root);
     }
 
     /// <summary>An MLContext on the test GPU (or the CPU in a stand-in dry run).</summary>

@@ -20,13 +20,7 @@ public sealed class LengthGroupingTests
     [ClassCleanup]
     public static void Cleanup()
     {
-        try
-        {
-            Directory.Delete(root, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
+        TinyBert.DeleteTempDirectory(root);
     }
 
     /// <summary>Seeded sentences of 1 to 40 words: short and long rows mixed, as real reviews are.</summary>

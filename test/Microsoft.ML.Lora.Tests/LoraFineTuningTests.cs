@@ -31,13 +31,7 @@ public sealed class LoraFineTuningTests
     public static void Cleanup()
     {
         (multiclass as IDisposable)?.Dispose();
-        try
-        {
-            Directory.Delete(root, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
+        TinyBert.DeleteTempDirectory(root);
     }
 
     internal static LoraFineTuningOptions FastOptions(PretrainedModel model) => TinyBert.FastOptions(model);

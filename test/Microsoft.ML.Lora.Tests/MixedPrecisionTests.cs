@@ -37,13 +37,7 @@ public sealed class MixedPrecisionTests
     {
         bf16?.Dispose();
         fp32?.Dispose();
-        try
-        {
-            Directory.Delete(root, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
+        TinyBert.DeleteTempDirectory(root);
     }
 
     private static LoraFineTuningOptions Options(LoraPrecision precision)

@@ -32,13 +32,7 @@ public sealed class OnnxExportTests
     [ClassCleanup]
     public static void Cleanup()
     {
-        try
-        {
-            Directory.Delete(root, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
+        TinyBert.DeleteTempDirectory(root);
     }
 
     private static LoraFineTuningOptions Options(PoolingMode pooling = PoolingMode.Mean, string? pair = null)

@@ -19,13 +19,7 @@ public sealed class PeftAdapterExportTests
     [ClassCleanup]
     public static void Cleanup()
     {
-        try
-        {
-            Directory.Delete(root, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
+        TinyBert.DeleteTempDirectory(root);
     }
 
     private static (MLContext ml, IDataView data) BinaryData()

@@ -29,13 +29,7 @@ public sealed class PeftPyTorchParityTests
     [ClassCleanup]
     public static void Cleanup()
     {
-        try
-        {
-            Directory.Delete(root, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
+        TinyBert.DeleteTempDirectory(root);
     }
 
     private static List<(string Text, int Class)> Rows(int classes) => TinyBert.Sentences(48, classes, 31);

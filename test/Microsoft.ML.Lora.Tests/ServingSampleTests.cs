@@ -66,13 +66,7 @@ public sealed class ServingSampleTests
         }
 
         catalog?.Dispose();
-        try
-        {
-            Directory.Delete(root, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
+        TinyBert.DeleteTempDirectory(root);
     }
 
     [TestMethod]

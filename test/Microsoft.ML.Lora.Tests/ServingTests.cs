@@ -32,13 +32,7 @@ public sealed class ServingTests
     public static void Cleanup()
     {
         LoraBaseModels.Clear();
-        try
-        {
-            Directory.Delete(root, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
+        TinyBert.DeleteTempDirectory(root);
     }
 
     [TestMethod]

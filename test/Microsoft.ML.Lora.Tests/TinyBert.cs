@@ -82,6 +82,18 @@ internal static class TinyBert
         return result;
     }
 
+    /// <summary>Deletes a folder made by <see cref="TempDirectory"/>; a file still open (e.g. on another thread) leaves it for the OS.</summary>
+    public static void DeleteTempDirectory(string path)
+    {
+        try
+        {
+            Directory.Delete(path, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+
     public static string TempDirectory()
     {
         string path = Path.Combine(Path.GetTempPath(), "mllora-tests-" + Guid.NewGuid().ToString("N", CultureInfo.InvariantCulture));
