@@ -35,7 +35,15 @@ cat > "$app/NuGet.config" <<XML
   </packageSources>
 </configuration>
 XML
-cat > "$app/ConsumerApp.csproj" <<XML
+# A console app project referencing the given packages ("Id Version" pairs), warnings as errors.
+write_app_project() {
+  local path="$1"; shift
+  local references=""
+  while [ $# -gt 0 ]; do
+    references="$references    <PackageReference Include=\"$1\" Version=\"$2\" />"$'\n'
+    shift 2
+  done
+  cat > "$path" <<XML
 <Project Sdk="Microsoft.NET.Sdk">
   <PropertyGroup>
     <OutputType>Exe</OutputType>
@@ -45,11 +53,11 @@ cat > "$app/ConsumerApp.csproj" <<XML
     <TreatWarningsAsErrors>true</TreatWarningsAsErrors>
   </PropertyGroup>
   <ItemGroup>
-    <PackageReference Include="Microsoft.ML.Lora" Version="$version" />
-    <PackageReference Include="TorchSharp-cpu" Version="0.107.0" />
-  </ItemGroup>
+${references}  </ItemGroup>
 </Project>
 XML
+}
+write_app_project "$app/ConsumerApp.csproj" Microsoft.ML.Lora "$version" TorchSharp-cpu 0.107.0
 cp "$repo/build/ConsumerProgram.cs.txt" "$app/Program.cs"
 
 echo "== build consumer app"
@@ -64,20 +72,7 @@ rid="$(dotnet --info | awk '/RID:/ {print $2; exit}')"
 onnx_app="$work/onnx-app"
 mkdir -p "$onnx_app"
 cp "$app/NuGet.config" "$onnx_app/NuGet.config"
-cat > "$onnx_app/ConsumerOnnxApp.csproj" <<XML
-<Project Sdk="Microsoft.NET.Sdk">
-  <PropertyGroup>
-    <OutputType>Exe</OutputType>
-    <TargetFramework>net10.0</TargetFramework>
-    <Nullable>enable</Nullable>
-    <ImplicitUsings>enable</ImplicitUsings>
-    <TreatWarningsAsErrors>true</TreatWarningsAsErrors>
-  </PropertyGroup>
-  <ItemGroup>
-    <PackageReference Include="Microsoft.ML.Lora.Onnx" Version="$version" />
-  </ItemGroup>
-</Project>
-XML
+write_app_project "$onnx_app/ConsumerOnnxApp.csproj" Microsoft.ML.Lora.Onnx "$version"
 cp "$repo/build/ConsumerOnnxProgram.cs.txt" "$onnx_app/Program.cs"
 
 echo "== publish ONNX consumer app ($rid, framework-dependent)"
