@@ -1,7 +1,7 @@
 using Microsoft.ML.Lora.Benchmarks;
 using static TorchSharp.torch;
 
-// Usage: dotnet run --project bench/Microsoft.ML.Lora.Benchmarks -c Release -- [all|limit|layers|encoder|training|finetune|memory|serving|images ...] [--quick] [--threads N]
+// Usage: dotnet run --project bench/Microsoft.ML.Lora.Benchmarks -c Release -- [all|limit|layers|encoder|training|finetune|memory|serving|images|peer ...] [--quick] [--threads N]
 // Writes bench/results/latest.md and latest.json (and a dated copy under bench/results/history/) plus PNG charts.
 var suites = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
 bool quick = false;
@@ -30,19 +30,22 @@ if (servingProbe is not null)
     ServingSuite.ProbeInProcess(servingProbe[0], int.Parse(servingProbe[1], System.Globalization.CultureInfo.InvariantCulture), servingProbe[2] == "merged");
     return;
 }
-if (suites.Count == 0 || suites.Contains("all")) suites = new(StringComparer.OrdinalIgnoreCase) { "limit", "layers", "encoder", "training", "finetune", "memory", "serving", "images" };
+if (suites.Count == 0 || suites.Contains("all")) suites = new(StringComparer.OrdinalIgnoreCase) { "limit", "layers", "encoder", "training", "finetune", "memory", "serving", "images", "peer" };
 
 string repoRoot = FindRepoRoot();
 var report = new BenchReport(Path.Combine(repoRoot, "bench", "results"));
-double limit = LimitSuite.MatmulGflops();
-report.Note(FormattableString.Invariant($"fp32 matmul limit (2048² × 2048², libtorch, {threads} threads): {limit:F1} GFLOP/s"));
+var runLoad = new MachineLoad();
+using var limit = new LimitSuite();
+report.Note(FormattableString.Invariant($"fp32 matmul limit at start-up (2048² × 2048², libtorch, {threads} threads): {limit.Sample("start-up"):F1} GFLOP/s"));
 if (suites.Contains("layers")) LayerSuite.Run(report, quick);
 if (suites.Contains("encoder")) EncoderSuite.Run(report, threads, quick);
 if (suites.Contains("training")) TrainingSuite.Run(report, limit, quick);
+if (suites.Contains("peer")) PeerSuite.Run(report, repoRoot, threads, quick);
 if (suites.Contains("finetune")) FineTuneSuite.Run(report, repoRoot, threads, quick);
 if (suites.Contains("memory")) MemorySuite.Run(report, quick);
 if (suites.Contains("serving")) ServingSuite.Run(report, repoRoot, quick);
 if (suites.Contains("images")) ImageSuite.Run(report, quick);
+report.Note(runLoad.Summary("the whole run"));
 report.Write(threads);
 
 static string FindRepoRoot()

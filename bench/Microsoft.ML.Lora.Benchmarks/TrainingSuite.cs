@@ -14,7 +14,7 @@ internal static class TrainingSuite
 {
     internal enum Variant { LoraQv, LoraAllLinear, Full, LoraQvCheckpointed, FullCheckpointed, LoraQvTopHalf }
 
-    public static void Run(BenchReport report, double limitGflops, bool quick)
+    public static void Run(BenchReport report, LimitSuite limit, bool quick)
     {
         int reps = quick ? 2 : 5;
         const int batch = 32, seq = 64;
@@ -27,10 +27,14 @@ internal static class TrainingSuite
         Action allStep = EncoderSuite.Step(all.Model, data.Ids, data.Mask, data.Types, data.Labels);
         Action fullStep = EncoderSuite.Step(full.Model, data.Ids, data.Mask, data.Types, data.Labels);
 
+        // The matmul limit is sampled before, between and after the pairs it divides (LimitSuite): a median, with its spread.
+        limit.Sample("before training");
         var (qvMs, fullMs) = Measure.Pair(qvStep, fullStep, reps);
+        limit.Sample("after the q,v pair");
         report.Add(new BenchRow("training", $"step time {batch}×{seq}", "ms", qvMs, fullMs, "LoRA r=8 q,v", "full fine-tuning",
             "≤ 0.6× (≤ 0.75× in the encoder issue)", qvMs / fullMs <= 0.6));
         var (allMs, full2Ms) = Measure.Pair(allStep, fullStep, reps);
+        limit.Sample("after the all-linear pair");
         report.Add(new BenchRow("training", $"step time {batch}×{seq}", "ms", allMs, full2Ms, "LoRA r=8 all-linear", "full fine-tuning"));
         using (var checkpointed = Build(Variant.LoraQvCheckpointed))
         {
@@ -51,6 +55,8 @@ internal static class TrainingSuite
                 "≤ 0.6×", topMs / full4Ms <= 0.6));
         }
 
+        var (limitMin, limitGflops, limitMax) = limit.Spread(LimitSuite.LibTorch, LimitSuite.Square);
+        report.Note(FormattableString.Invariant($"training: libtorch 2048³ matmul limit sampled {limit.When.Count} times (start-up, before, between and after the step pairs): min {limitMin:F1} / median {limitGflops:F1} / max {limitMax:F1} GFLOP/s; the FLOP-rate rows divide by the median"));
         BertConfig config = qv.Model.Bert.Config;
         double loraFlops = StepFlops(config, batch, seq, fullFineTuning: false);
         double achieved = loraFlops / (qvMs / 1000) / 1e9;
