@@ -3,6 +3,7 @@ using Microsoft.ML.Lora.Data;
 using Microsoft.ML.Lora.Engine;
 using Microsoft.ML.Lora.Internal;
 using Microsoft.ML.Lora.Models;
+using Microsoft.ML.Runtime;
 
 namespace Microsoft.ML.Lora;
 
@@ -58,6 +59,9 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     /// row order); from <see cref="LoraFineTuningOptions.GroupByLength"/>, true for a loaded model.
     /// </summary>
     internal bool GroupByLength { get; set; } = true;
+
+    /// <summary>Where a <c>Transform</c> cursor logs what truncation cut when it is disposed (the MLContext of Fit or Load).</summary>
+    internal IHostEnvironment? Environment { get; init; }
 
     /// <summary>The task, from the label column's type at training time.</summary>
     public LoraTaskKind Task => Model.Label.Task;
@@ -236,7 +240,27 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     }
 
     /// <summary>Releases a reference taken by <see cref="AddReference"/>.</summary>
-    internal void ReleaseReference() => Release(fromEngine: false, cursor: true);
+    internal void ReleaseReference()
+    {
+        LogTruncation();
+        Release(fromEngine: false, cursor: true);
+    }
+
+    /// <summary>
+    /// Logs, when a cursor is done, how many rows scored since the previous such line were longer than MaxSequenceLength
+    /// and what share of their word pieces truncation cut (rows scored by prediction engines meanwhile are included).
+    /// </summary>
+    private void LogTruncation()
+    {
+        var counts = Model.ScoredTruncation.TakeAndReset();
+        if (Environment is null || counts.Rows == 0)
+        {
+            return;
+        }
+
+        using var channel = Environment.Register(nameof(LoraTransformer)).Start("Transform");
+        channel.Info(counts.Describe("Transform", Model.Settings.MaxSequenceLength, Model.Settings.Truncation, Model.Settings.WindowStride));
+    }
 
     void ICanSaveModel.Save(ModelSaveContext ctx)
     {
