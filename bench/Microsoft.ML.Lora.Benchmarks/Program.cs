@@ -1,7 +1,7 @@
 using Microsoft.ML.Lora.Benchmarks;
 using static TorchSharp.torch;
 
-// Usage: dotnet run --project bench/Microsoft.ML.Lora.Benchmarks -c Release -- [all|limit|layers|encoder|training|finetune|memory|serving|images ...] [--quick] [--threads N]
+// Usage: dotnet run --project bench/Microsoft.ML.Lora.Benchmarks -c Release -- [all|limit|layers|encoder|training|finetune|memory|serving|images|longtext ...] [--quick] [--threads N]
 // Writes bench/results/latest.md and latest.json (and a dated copy under bench/results/history/) plus PNG charts.
 var suites = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
 bool quick = false;
@@ -43,6 +43,7 @@ if (suites.Contains("finetune")) FineTuneSuite.Run(report, repoRoot, threads, qu
 if (suites.Contains("memory")) MemorySuite.Run(report, quick);
 if (suites.Contains("serving")) ServingSuite.Run(report, repoRoot, quick);
 if (suites.Contains("images")) ImageSuite.Run(report, quick);
+if (suites.Contains("longtext")) LongTextSuite.Run(report, repoRoot, quick);
 report.Write(threads);
 
 static string FindRepoRoot()

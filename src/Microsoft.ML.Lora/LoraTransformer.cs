@@ -60,6 +60,38 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     /// </summary>
     internal bool GroupByLength { get; set; } = true;
 
+    /// <summary>
+    /// Sliding windows at inference (see <see cref="LoraFineTuningOptions.InferenceWindowStride"/>): 0 for none, else the
+    /// word pieces between window starts, from 1 to MaxSequenceLength − 2. Starts as the options (or the model file) say;
+    /// setting it changes how later cursors and prediction engines score (training is not affected by it) and what
+    /// <c>Save</c> records.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The stride is negative or longer than the window's word pieces.</exception>
+    /// <exception cref="InvalidOperationException">The model reads a text pair (windows take single texts).</exception>
+    public int InferenceWindowStride
+    {
+        get => Model.WindowStride;
+        set
+        {
+            int budget = Model.Settings.MaxSequenceLength - 2;
+            if (value < 0 || value > budget)
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), value,
+                    string.Create(System.Globalization.CultureInfo.InvariantCulture, $"InferenceWindowStride must be 0 (no windows) or from 1 to MaxSequenceLength - 2 ({budget}) word pieces."));
+            }
+
+            if (value > 0 && Columns.Pair is not null)
+            {
+                throw new InvalidOperationException($"This model reads the text pair column '{Columns.Pair}'; sliding windows work on single texts only.");
+            }
+
+            Model.WindowStride = value;
+        }
+    }
+
+    /// <summary>The truncation strategy the model was trained with and truncates long texts by (when no windows are used).</summary>
+    public TruncationStrategy Truncation => Model.Settings.Truncation;
+
     /// <summary>Where a <c>Transform</c> cursor logs what truncation cut when it is disposed (the MLContext of Fit or Load).</summary>
     internal IHostEnvironment? Environment { get; init; }
 
@@ -259,7 +291,7 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
         }
 
         using var channel = Environment.Register(nameof(LoraTransformer)).Start("Transform");
-        channel.Info(counts.Describe("Transform", Model.Settings.MaxSequenceLength, Model.Settings.Truncation, Model.Settings.WindowStride));
+        channel.Info(counts.Describe("Transform", Model.Settings.MaxSequenceLength, Model.Settings.Truncation, Model.WindowStride));
     }
 
     void ICanSaveModel.Save(ModelSaveContext ctx)

@@ -31,6 +31,7 @@ internal sealed class LoraTextModel : IDisposable
         EncoderDtype = encoderDtype;
         Label = label;
         Settings = settings;
+        WindowStride = settings.WindowStride;
         AdaptedModules = adaptedModules;
     }
 
@@ -177,6 +178,9 @@ internal sealed class LoraTextModel : IDisposable
 
     public long TotalParameterCount => Model.parameters().Sum(p => p.numel());
 
+    /// <summary>The inference window stride in word pieces (0: no windows); starts as the settings', changed by <see cref="LoraTransformer.InferenceWindowStride"/>.</summary>
+    public int WindowStride { get; set; }
+
     /// <summary>What truncation cut in the texts this model scored since the last <see cref="TruncationCounts.TakeAndReset"/>.</summary>
     public TruncationCounts ScoredTruncation { get; } = new();
 
@@ -203,9 +207,10 @@ internal sealed class LoraTextModel : IDisposable
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
         Tensor output;
-        if (Settings.WindowStride > 0 && pairs is null)
+        int stride = WindowStride;
+        if (stride > 0 && pairs is null)
         {
-            output = PredictWindows(texts);
+            output = PredictWindows(texts, stride);
         }
         else
         {
@@ -227,9 +232,9 @@ internal sealed class LoraTextModel : IDisposable
     /// Sliding windows: forward passes of at most max(texts, 32) windows each, then per text the mean of its windows'
     /// outputs.
     /// </summary>
-    private Tensor PredictWindows(IReadOnlyList<string> texts)
+    private Tensor PredictWindows(IReadOnlyList<string> texts, int stride)
     {
-        var (windows, source) = Tokenizer.WindowRows(texts, Settings.MaxSequenceLength, Settings.WindowStride);
+        var (windows, source) = Tokenizer.WindowRows(texts, Settings.MaxSequenceLength, stride);
         int chunk = Math.Max(texts.Count, 32);
         var outputs = windows.Chunk(chunk).Select(part => Forward(Tokenizer.Pad(part))).ToList();
         var all = outputs.Count == 1 ? outputs[0] : torch.cat(outputs, 0);

@@ -175,13 +175,17 @@ internal sealed class LoraTrainer
             MlNetHost.Info(channel, counts.Describe("Fit", options.MaxSequenceLength, options.Truncation, windowStride: 0));
         }
 
-        string bound = string.Create(CultureInfo.InvariantCulture, $"{options.TokenCacheBytes / (1024.0 * 1024.0):0.#} MiB ({nameof(LoraFineTuningOptions.TokenCacheBytes)})");
+        string bound = $"{Size(options.TokenCacheBytes)} ({nameof(LoraFineTuningOptions.TokenCacheBytes)})";
         MlNetHost.Info(channel, trainingTokens.IsCached
-            ? string.Create(CultureInfo.InvariantCulture, $"Token cache: the rows' token ids ({trainingTokens.Bytes / (1024.0 * 1024.0):0.#} MiB of {bound}) are kept; later epochs do not tokenize again.")
+            ? $"Token cache: the rows' token ids ({Size(trainingTokens.Bytes)} of {bound}) are kept; later epochs do not tokenize again."
             : trainingTokens.Overflowed
                 ? $"Token cache off: the rows' token ids need more than {bound}; every epoch streams and tokenizes the rows again."
                 : $"Token cache off ({nameof(LoraFineTuningOptions.TokenCacheBytes)} is 0): every epoch streams and tokenizes the rows again.");
     }
+
+    private static string Size(long bytes) => bytes >= 1024 * 1024
+        ? string.Create(CultureInfo.InvariantCulture, $"{bytes / (1024.0 * 1024.0):0.#} MiB")
+        : string.Create(CultureInfo.InvariantCulture, $"{bytes / 1024.0:0.#} KiB");
 
     /// <summary>Mean loss from a device-side sum (one device-to-host read); throws if training diverged since step <paramref name="firstStep"/>.</summary>
     private double ReadLoss(Tensor sum, long rows, int epoch, long firstStep, double learningRate)

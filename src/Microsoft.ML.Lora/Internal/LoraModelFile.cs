@@ -63,7 +63,7 @@ internal static class LoraModelFile
         ctx.CheckAtModel();
         var model = transformer.Model;
         var settings = model.Settings;
-        bool needsTruncation = settings.Truncation != TruncationStrategy.Head || settings.WindowStride > 0;
+        bool needsTruncation = settings.Truncation != TruncationStrategy.Head || model.WindowStride > 0;
         ctx.SetVersionInfo(GetVersionInfo(needsTruncation ? VersionWithTruncation : VersionWithPrecision));
         var w = ctx.Writer;
         var label = model.Label;
@@ -118,7 +118,7 @@ internal static class LoraModelFile
             var bytes = tensors.ToArray();
             w.Write(Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes)));
             w.Write((int)settings.Truncation);
-            w.Write(settings.WindowStride);
+            w.Write(model.WindowStride);
             ctx.SaveBinaryStream(TensorStreamName, writer => writer.Write(bytes));
         }
         finally
