@@ -223,7 +223,9 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     /// The weights are written in float32 as the model computes them in eval mode (each linear layer and embedding table
     /// is read by running it, so LoRA is included whether merged or not). On the CPU in float32 the ONNX Runtime scores
     /// equal <see cref="Transform"/>'s within 1e-4; a model whose encoder runs in bfloat16 (on a GPU) differs by bfloat16
-    /// rounding. Also usable with ML.NET's <c>ApplyOnnxModel</c> (see the README).
+    /// rounding. Also usable with ML.NET's <c>ApplyOnnxModel</c> (see the README). The ONNX scoring package truncates long
+    /// texts by their head and has no sliding windows: a model trained with <see cref="TruncationStrategy.HeadTail"/> or
+    /// scored in windows here scores texts longer than MaxSequenceLength differently there.
     /// </remarks>
     /// <param name="path">The .onnx file to write (its folder is created if needed; an existing file is replaced).</param>
     /// <returns>The full path written.</returns>
