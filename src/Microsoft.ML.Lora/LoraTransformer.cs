@@ -293,7 +293,7 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
         }
 
         using var channel = Environment.Register(nameof(LoraTransformer)).Start("Transform");
-        channel.Info(counts.Describe("Transform", Model.Settings.MaxSequenceLength, Model.Settings.Truncation, Model.WindowStride));
+        MlNetHost.Info(channel, counts.Describe("Transform", Model.Settings.MaxSequenceLength, Model.Settings.Truncation, Model.WindowStride));
     }
 
     void ICanSaveModel.Save(ModelSaveContext ctx)
