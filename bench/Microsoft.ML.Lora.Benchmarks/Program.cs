@@ -1,7 +1,7 @@
 using Microsoft.ML.Lora.Benchmarks;
 using static TorchSharp.torch;
 
-// Usage: dotnet run --project bench/Microsoft.ML.Lora.Benchmarks -c Release -- [all|limit|layers|encoder|training|finetune|memory|serving|images|peer ...] [--quick] [--threads N]
+// Usage: dotnet run --project bench/Microsoft.ML.Lora.Benchmarks -c Release -- [all|limit|layers|encoder|training|finetune|memory|serving|images|peer|longtext ...] [--quick] [--threads N]
 // Writes bench/results/latest.md and latest.json (and a dated copy under bench/results/history/) plus PNG charts.
 var suites = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
 bool quick = false;
@@ -30,7 +30,7 @@ if (servingProbe is not null)
     ServingSuite.ProbeInProcess(servingProbe[0], int.Parse(servingProbe[1], System.Globalization.CultureInfo.InvariantCulture), servingProbe[2] == "merged");
     return;
 }
-if (suites.Count == 0 || suites.Contains("all")) suites = new(StringComparer.OrdinalIgnoreCase) { "limit", "layers", "encoder", "training", "finetune", "memory", "serving", "images", "peer" };
+if (suites.Count == 0 || suites.Contains("all")) suites = new(StringComparer.OrdinalIgnoreCase) { "limit", "layers", "encoder", "training", "finetune", "memory", "serving", "images", "peer", "longtext" };
 
 string repoRoot = FindRepoRoot();
 var report = new BenchReport(Path.Combine(repoRoot, "bench", "results"));
@@ -45,6 +45,7 @@ if (suites.Contains("finetune")) FineTuneSuite.Run(report, repoRoot, threads, qu
 if (suites.Contains("memory")) MemorySuite.Run(report, quick);
 if (suites.Contains("serving")) ServingSuite.Run(report, repoRoot, quick);
 if (suites.Contains("images")) ImageSuite.Run(report, quick);
+if (suites.Contains("longtext")) LongTextSuite.Run(report, repoRoot, quick);
 report.Note(runLoad.Summary("the whole run"));
 report.Write(threads);
 

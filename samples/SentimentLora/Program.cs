@@ -5,6 +5,7 @@
 //   dotnet run --project samples/SentimentLora -c Release -- --epochs 3 --targets query,value --learning-rate 2e-3 --no-probe
 //   dotnet run --project samples/SentimentLora -c Release -- --no-validation   # fit on all 80 %, no best-epoch selection
 //   dotnet run --project samples/SentimentLora -c Release -- --no-probe --no-group   # batches without length grouping
+//   dotnet run --project samples/SentimentLora -c Release -- --no-probe --no-token-cache   # tokenize every epoch
 //
 // Prints accuracy, F1, training time, rows/s, trainable parameters and model size; draws the training curve (loss,
 // validation loss and accuracy per epoch); saves, reloads and predicts; exports to ONNX and scores the test split with
@@ -44,8 +45,9 @@ for (int i = 0; i < args.Length; i++)
         case "--max-length": options.MaxSequenceLength = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
         case "--no-probe": probe = false; break;
         case "--no-group": options.GroupByLength = false; break;
+        case "--no-token-cache": options.TokenCacheBytes = 0; break;
         case "--no-validation": validate = false; break;
-        default: Console.Error.WriteLine($"Unknown argument '{args[i]}'. Options: --epochs N --targets a,b --learning-rate X --rank R --max-length T --no-probe --no-validation --no-group"); return 2;
+        default: Console.Error.WriteLine($"Unknown argument '{args[i]}'. Options: --epochs N --targets a,b --learning-rate X --rank R --max-length T --no-probe --no-validation --no-group --no-token-cache"); return 2;
     }
 }
 

@@ -17,9 +17,10 @@ namespace Microsoft.ML.Lora.Models;
 /// NUL, U+FFFD and unpaired surrogates are removed; tab, CR and LF separate words; ASCII symbols and punctuation
 /// are tokens of their own; a character outside the Basic Multilingual Plane (e.g. an emoji) is never split into
 /// surrogate halves, and a word the vocabulary cannot spell (e.g. "love😀") becomes one <c>[UNK]</c>, as does a
-/// word longer than 100 characters; very long text is truncated to <c>maxLength</c> tokens, and only the first
-/// <c>maxLength</c> words of it are tokenized.
-/// <para>This file and the two it uses (BasicTokenizer.cs, EncodedBatch.cs) have no TorchSharp dependency: the ONNX
+/// word longer than 100 characters; text longer than <c>maxLength</c> tokens is truncated by a
+/// <see cref="TruncationStrategy"/> (its head by default) after the whole text is tokenized.
+/// <para>This file and those it uses (BasicTokenizer.cs, EncodedBatch.cs, EncodedRow.cs, TokenTruncation.cs,
+/// TruncationStrategy.cs) have no TorchSharp dependency: the ONNX
 /// scoring package compiles the same files (as internal types), so both packages tokenize with one implementation.</para>
 /// </remarks>
 #if MICROSOFT_ML_LORA_ONNX
@@ -145,8 +146,8 @@ sealed class BertTextTokenizer
 
     /// <summary>
     /// Tokenizes a batch: rows <c>[CLS] text [SEP]</c>, or <c>[CLS] text [SEP] pair [SEP]</c> when
-    /// <paramref name="pairs"/> is given, truncated to <paramref name="maxLength"/> tokens and padded with [PAD] to
-    /// the longest row of the batch (dynamic padding).
+    /// <paramref name="pairs"/> is given, truncated to <paramref name="maxLength"/> tokens (their head) and padded with
+    /// [PAD] to the longest row of the batch (dynamic padding).
     /// </summary>
     /// <param name="texts">The first texts; at least one; no null entries.</param>
     /// <param name="pairs">Optional second texts, as many as <paramref name="texts"/>; no null entries.</param>
@@ -159,7 +160,154 @@ sealed class BertTextTokenizer
     /// </remarks>
     /// <exception cref="ArgumentException">A text is null, the list is empty, or the pair count differs.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxLength"/> is too small.</exception>
-    public EncodedBatch Encode(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs, int maxLength)
+    public EncodedBatch Encode(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs, int maxLength) =>
+        Encode(texts, pairs, maxLength, TruncationStrategy.Head);
+
+    /// <summary>
+    /// Tokenizes a batch as <see cref="Encode(IReadOnlyList{string}, IReadOnlyList{string}?, int)"/> does, keeping the
+    /// tokens of a long text that <paramref name="truncation"/> chooses.
+    /// </summary>
+    /// <param name="texts">The first texts; at least one; no null entries.</param>
+    /// <param name="pairs">Optional second texts, as many as <paramref name="texts"/>; no null entries.</param>
+    /// <param name="maxLength">Most tokens per row, special tokens included (at least 2, or 3 with pairs).</param>
+    /// <param name="truncation">Which tokens a text longer than the budget keeps; with pairs, each text keeps its
+    /// longest-first share by this strategy.</param>
+    /// <returns>The batch.</returns>
+    /// <exception cref="ArgumentException">A text is null, the list is empty, or the pair count differs.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxLength"/> is too small, or the strategy is unknown.</exception>
+    public EncodedBatch Encode(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs, int maxLength, TruncationStrategy truncation)
+    {
+        CheckBatch(texts, pairs, maxLength, truncation);
+        var rows = new EncodedRow[texts.Count];
+        for (int i = 0; i < texts.Count; i++)
+        {
+            string text = texts[i] ?? throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"texts[{i}] is null."), nameof(texts));
+            rows[i] = EncodeRow(text, pairs?[i], maxLength, truncation);
+        }
+
+        return Pad(rows);
+    }
+
+    /// <summary>
+    /// Tokenizes one row: <c>[CLS] text [SEP]</c> or <c>[CLS] text [SEP] pair [SEP]</c>, truncated to
+    /// <paramref name="maxLength"/> tokens by <paramref name="truncation"/>, not padded.
+    /// </summary>
+    /// <param name="text">The first text.</param>
+    /// <param name="pair">The second text, or null for a single text.</param>
+    /// <param name="maxLength">Most tokens, special tokens included.</param>
+    /// <param name="truncation">Which tokens a long text keeps.</param>
+    internal EncodedRow EncodeRow(string text, string? pair, int maxLength, TruncationStrategy truncation)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        int specials = pair is null ? 2 : 3;
+        int budget = maxLength - specials;
+        var first = Tokenize(text);
+        if (pair is null)
+        {
+            return Assemble(TokenTruncation.Keep(first, budget, truncation), null, first.Count, specials);
+        }
+
+        var second = Tokenize(pair);
+        var (n1, n2) = LongestFirst(first.Count, second.Count, budget);
+        return Assemble(TokenTruncation.Keep(first, n1, truncation), TokenTruncation.Keep(second, n2, truncation), first.Count + second.Count, specials);
+    }
+
+    /// <summary>
+    /// Tokenizes single texts into sliding windows: a text of at most <c>maxLength - 2</c> word pieces is one row; a longer
+    /// one becomes windows of <c>maxLength - 2</c> word pieces (each <c>[CLS] … [SEP]</c>) at the starts
+    /// <see cref="TokenTruncation.WindowStarts"/> gives for <paramref name="stride"/>, so no token is cut.
+    /// </summary>
+    /// <param name="texts">The texts; at least one; no null entries.</param>
+    /// <param name="maxLength">Tokens per window, special tokens included.</param>
+    /// <param name="stride">Word pieces between the starts of consecutive windows (1 to maxLength - 2).</param>
+    /// <returns>The padded windows, and for each window the index of its text.</returns>
+    internal (EncodedBatch Batch, int[] SourceRow) EncodeWindows(IReadOnlyList<string> texts, int maxLength, int stride)
+    {
+        var (rows, source) = WindowRows(texts, maxLength, stride);
+        return (Pad(rows), source);
+    }
+
+    /// <summary>The windows of <see cref="EncodeWindows"/>, not padded.</summary>
+    internal (List<EncodedRow> Rows, int[] SourceRow) WindowRows(IReadOnlyList<string> texts, int maxLength, int stride)
+    {
+        CheckBatch(texts, null, maxLength, TruncationStrategy.Head);
+        int budget = maxLength - 2;
+        if (stride < 1 || stride > budget)
+        {
+            throw new ArgumentOutOfRangeException(nameof(stride), stride,
+                string.Create(CultureInfo.InvariantCulture, $"stride must be from 1 to maxLength - 2 ({budget}) word pieces."));
+        }
+
+        var rows = new List<EncodedRow>(texts.Count);
+        var source = new List<int>(texts.Count);
+        for (int i = 0; i < texts.Count; i++)
+        {
+            string text = texts[i] ?? throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"texts[{i}] is null."), nameof(texts));
+            var ids = Tokenize(text);
+            foreach (int start in TokenTruncation.WindowStarts(ids.Count, budget, stride))
+            {
+                var window = new List<int>(budget);
+                for (int j = start; j < Math.Min(ids.Count, start + budget); j++)
+                {
+                    window.Add(ids[j]);
+                }
+
+                // Every token of the text is in some window: a window is never counted as truncated.
+                rows.Add(Assemble(window, null, window.Count, 2));
+                source.Add(i);
+            }
+        }
+
+        return (rows, [.. source]);
+    }
+
+    /// <summary>Pads rows with [PAD] to the longest of them: ids, attention mask and token types, row-major.</summary>
+    /// <param name="rows">At least one row.</param>
+    /// <returns>The batch, with the truncation counts of its rows.</returns>
+    internal EncodedBatch Pad(IReadOnlyList<EncodedRow> rows)
+    {
+        ArgumentNullException.ThrowIfNull(rows);
+        if (rows.Count == 0)
+        {
+            throw new ArgumentException("At least one row is required.", nameof(rows));
+        }
+
+        int length = 0;
+        int truncated = 0;
+        long sourceTokens = 0, keptTokens = 0;
+        foreach (var row in rows)
+        {
+            length = Math.Max(length, row.Ids.Length);
+            truncated += row.Truncated ? 1 : 0;
+            sourceTokens += row.SourceTokens;
+            keptTokens += row.KeptTokens;
+        }
+
+        var ids = new long[rows.Count * length];
+        var mask = new long[rows.Count * length];
+        var types = new long[rows.Count * length];
+        Array.Fill(ids, PadTokenId);
+        for (int r = 0; r < rows.Count; r++)
+        {
+            int offset = r * length;
+            var row = rows[r];
+            for (int p = 0; p < row.Ids.Length; p++)
+            {
+                ids[offset + p] = row.Ids[p];
+                mask[offset + p] = 1;
+                types[offset + p] = p < row.FirstSegmentLength ? 0 : 1;
+            }
+        }
+
+        return new EncodedBatch(rows.Count, length, ids, mask, types)
+        {
+            TruncatedRows = truncated,
+            SourceTokens = sourceTokens,
+            KeptTokens = keptTokens,
+        };
+    }
+
+    private static void CheckBatch(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs, int maxLength, TruncationStrategy truncation)
     {
         ArgumentNullException.ThrowIfNull(texts);
         if (texts.Count == 0)
@@ -180,63 +328,46 @@ sealed class BertTextTokenizer
             throw new ArgumentOutOfRangeException(nameof(maxLength), maxLength, $"maxLength must be at least {specials} (room for the special tokens).");
         }
 
-        int budget = maxLength - specials;
-        var rows = new List<(List<int> First, List<int>? Second)>(texts.Count);
-        for (int i = 0; i < texts.Count; i++)
+        if (!Enum.IsDefined(truncation))
         {
-            string text = texts[i] ?? throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"texts[{i}] is null."), nameof(texts));
-            var first = TokenizeBounded(text, budget);
-            if (pairs is null)
-            {
-                Truncate(first, budget);
-                rows.Add((first, null));
-                continue;
-            }
-
-            string pair = pairs[i] ?? throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"pairs[{i}] is null."), nameof(pairs));
-            var second = TokenizeBounded(pair, budget);
-            var (n1, n2) = LongestFirst(first.Count, second.Count, budget);
-            Truncate(first, n1);
-            Truncate(second, n2);
-            rows.Add((first, second));
+            throw new ArgumentOutOfRangeException(nameof(truncation), truncation, "Unknown truncation strategy; expected Head or HeadTail.");
         }
 
-        int length = rows.Max(r => r.First.Count + (r.Second?.Count ?? 0)) + specials;
-        var ids = new long[rows.Count * length];
-        var mask = new long[rows.Count * length];
-        var types = new long[rows.Count * length];
-        Array.Fill(ids, PadTokenId);
-        for (int r = 0; r < rows.Count; r++)
+        if (pairs is not null)
         {
-            int offset = r * length;
-            int position = 0;
-            void Put(int id, int type)
+            for (int i = 0; i < pairs.Count; i++)
             {
-                ids[offset + position] = id;
-                mask[offset + position] = 1;
-                types[offset + position] = type;
-                position++;
-            }
-
-            Put(ClsTokenId, 0);
-            foreach (int id in rows[r].First)
-            {
-                Put(id, 0);
-            }
-
-            Put(SepTokenId, 0);
-            if (rows[r].Second is { } second)
-            {
-                foreach (int id in second)
+                if (pairs[i] is null)
                 {
-                    Put(id, 1);
+                    throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"pairs[{i}] is null."), nameof(pairs));
                 }
-
-                Put(SepTokenId, 1);
             }
         }
+    }
 
-        return new EncodedBatch(rows.Count, length, ids, mask, types);
+    private EncodedRow Assemble(List<int> first, List<int>? second, int sourceTokens, int specials)
+    {
+        var ids = new int[first.Count + (second?.Count ?? 0) + specials];
+        int p = 0;
+        ids[p++] = ClsTokenId;
+        foreach (int id in first)
+        {
+            ids[p++] = id;
+        }
+
+        ids[p++] = SepTokenId;
+        int firstSegment = p;
+        if (second is not null)
+        {
+            foreach (int id in second)
+            {
+                ids[p++] = id;
+            }
+
+            ids[p++] = SepTokenId;
+        }
+
+        return new EncodedRow(ids, firstSegment, sourceTokens, specials);
     }
 
     /// <summary>Hugging Face tokenizers' longest-first lengths for a pair under a budget.</summary>
@@ -260,25 +391,11 @@ sealed class BertTextTokenizer
         return swap ? (n2, n1) : (n1, n2);
     }
 
-    private List<int> TokenizeBounded(string text, int budget)
-    {
-        // Every word gives at least one token, so the first `budget` words are enough: very long texts cost little.
-        return [.. WordPiece(basic.Words(text).Take(budget))];
-    }
-
     private IReadOnlyList<int> WordPiece(IEnumerable<string> words)
     {
         string prepared = string.Join(' ', words);
         return prepared.Length == 0
             ? []
             : tokenizer.EncodeToIds(prepared, addSpecialTokens: false, considerPreTokenization: true, considerNormalization: true);
-    }
-
-    private static void Truncate(List<int> ids, int count)
-    {
-        if (ids.Count > count)
-        {
-            ids.RemoveRange(count, ids.Count - count);
-        }
     }
 }

@@ -38,4 +38,13 @@ sealed partial class EncodedBatch
     /// <summary>Token type ids, row-major: 0 for [CLS], the first text and its [SEP]; 1 for the second text and its [SEP]; 0 for padding.</summary>
     public long[] TokenTypeIds { get; }
 #pragma warning restore CA1819
+
+    /// <summary>Rows that truncation cut (their text and pair had more word pieces than the budget).</summary>
+    internal int TruncatedRows { get; init; }
+
+    /// <summary>Word pieces of the rows' texts (and pairs) before truncation, special tokens not counted.</summary>
+    internal long SourceTokens { get; init; }
+
+    /// <summary>Word pieces kept in the batch, special tokens not counted.</summary>
+    internal long KeptTokens { get; init; }
 }

@@ -86,7 +86,8 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             peft?.target_modules?.ToList() ?? options.TargetModules.ToList(), peft?.use_rslora ?? options.UseRsLora,
             options.Pooling, options.MaxSequenceLength,
             label.Task == LoraTaskKind.Regression ? (float)statistics.Mean : 0f,
-            label.Task == LoraTaskKind.Regression ? (float)statistics.StandardDeviation : 1f);
+            label.Task == LoraTaskKind.Regression ? (float)statistics.StandardDeviation : 1f,
+            options.Truncation, options.InferenceWindowStride);
 
         using var channel = host.Start("LoraFineTuning");
         if (statistics.Skipped > 0)
@@ -114,21 +115,35 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
                 if (options.MaxEpochs == 0 && !mergedCopy)
                 {
                     model.Model.eval();
-                    return new LoraTransformer(model, Columns, options.InferenceBatchSize) { GroupByLength = options.GroupByLength };
+                    return new LoraTransformer(model, Columns, options.InferenceBatchSize) { GroupByLength = options.GroupByLength, Environment = env };
                 }
             }
 
             model.Model.Bert.GradientCheckpointing = options.GradientCheckpointing;
             var trainer = new LoraTrainer(env, channel, options, model, training, validation, seed);
             var best = trainer.Train(statistics.Rows);
-            if (best is null && !mergedCopy)
+            if (!mergedCopy)
             {
+                // Validation ran the model in eval mode without merging (the model was built with merge_weights off), so
+                // the trained weights are as the last step left them: the best epoch's adapter is copied into this model.
+                if (best is not null)
+                {
+                    try
+                    {
+                        model.LoadAdapterState(best);
+                    }
+                    finally
+                    {
+                        LoraTrainer.DisposeState(best);
+                    }
+                }
+
                 model.Model.eval();
-                return new LoraTransformer(model, Columns, options.InferenceBatchSize) { GroupByLength = options.GroupByLength };
+                return new LoraTransformer(model, Columns, options.InferenceBatchSize) { GroupByLength = options.GroupByLength, Environment = env };
             }
 
-            // The best epoch's adapter, or a private merged copy: rebuild on the (shared) base, exactly as loading a saved
-            // model does.
+            // A private merged copy (LoraBaseModels.PrivateMergedCopies): rebuild on the (shared) base with merging on,
+            // exactly as loading a saved model does.
             var state = best ?? model.AdapterState();
             try
             {
@@ -136,7 +151,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
                 rebuilt.LoadAdapterState(state);
                 rebuilt.Model.eval();
                 model.Dispose();
-                return new LoraTransformer(rebuilt, Columns, options.InferenceBatchSize) { GroupByLength = options.GroupByLength };
+                return new LoraTransformer(rebuilt, Columns, options.InferenceBatchSize) { GroupByLength = options.GroupByLength, Environment = env };
             }
             finally
             {
@@ -300,6 +315,24 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
         if (!Enum.IsDefined(o.Precision))
         {
             throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.Precision), o.Precision, "Precision must be Auto, Float32 or BFloat16.");
+        }
+
+        if (!Enum.IsDefined(o.Truncation))
+        {
+            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.Truncation), o.Truncation, "Truncation must be Head or HeadTail.");
+        }
+
+        if (o.InferenceWindowStride < 0 || o.InferenceWindowStride > o.MaxSequenceLength - 2)
+        {
+            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.InferenceWindowStride), o.InferenceWindowStride,
+                string.Create(CultureInfo.InvariantCulture, $"InferenceWindowStride must be 0 (no windows) or from 1 to MaxSequenceLength - 2 ({o.MaxSequenceLength - 2}) word pieces."));
+        }
+
+        if (o.InferenceWindowStride > 0 && o.TextPairColumnName is not null)
+        {
+            throw new ArgumentException(
+                $"InferenceWindowStride works on single texts; with TextPairColumnName '{o.TextPairColumnName}' set it must be 0 (pairs are truncated by Truncation).",
+                nameof(LoraFineTuningOptions.InferenceWindowStride));
         }
 
         if (double.IsNaN(o.ClipNorm))

@@ -98,6 +98,25 @@ public sealed class LoraFineTuningOptions
     /// </summary>
     public int MaxSequenceLength = 128;
 
+    /// <summary>
+    /// Which tokens of a text longer than <see cref="MaxSequenceLength"/> are kept, in training and in <c>Transform</c>:
+    /// <see cref="TruncationStrategy.Head"/> the first ones, <see cref="TruncationStrategy.HeadTail"/> the first quarter
+    /// and the end (Sun et al. 2019's 128 + 382 of 510, scaled to the budget). With a text pair, the budget is shared
+    /// longest-first and each text keeps its share by this strategy. Recorded in the model file. Fit and each
+    /// <c>Transform</c> cursor log how many rows were cut and what share of the word pieces. Default Head.
+    /// </summary>
+    public TruncationStrategy Truncation = TruncationStrategy.Head;
+
+    /// <summary>
+    /// Sliding windows for inference: when positive, <c>Transform</c> and prediction engines score a text longer than
+    /// <see cref="MaxSequenceLength"/> as windows of MaxSequenceLength tokens (each with [CLS] and [SEP]) that start every
+    /// this many word pieces (the last window ends with the text), and its outputs are the mean of the windows' logits
+    /// (the values of a regression), so no token is cut; a short text is one window as before. From 1 to
+    /// MaxSequenceLength − 2; single texts only (not with <see cref="TextPairColumnName"/>). Training still truncates by
+    /// <see cref="Truncation"/>. Recorded in the model file. Default 0: no windows.
+    /// </summary>
+    public int InferenceWindowStride;
+
     /// <summary>Batches whose gradients are summed before each optimizer step (effective batch = BatchSize × this). Default 1.</summary>
     public int GradientAccumulationSteps = 1;
 
@@ -129,6 +148,14 @@ public sealed class LoraFineTuningOptions
     /// Default true; false batches rows in their (shuffled) order.
     /// </summary>
     public bool GroupByLength = true;
+
+    /// <summary>
+    /// Memory bound of the token cache: the first epoch tokenizes the rows and keeps their token ids (not the texts) while
+    /// they take at most this many bytes (4 per token plus 96 per row: 256 MiB holds at least 436,000 rows of 128 tokens),
+    /// so later epochs and validation passes do not read the data view or tokenize again. Rows that do not fit are read
+    /// and tokenized every epoch, as with 0, and the log says so. Default 256 MiB.
+    /// </summary>
+    public long TokenCacheBytes = 256L * 1024 * 1024;
 
     /// <summary>
     /// Optional validation data with the same columns. When set, the validation loss (and for classification the accuracy)

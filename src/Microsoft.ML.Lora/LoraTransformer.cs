@@ -3,6 +3,7 @@ using Microsoft.ML.Lora.Data;
 using Microsoft.ML.Lora.Engine;
 using Microsoft.ML.Lora.Internal;
 using Microsoft.ML.Lora.Models;
+using Microsoft.ML.Runtime;
 
 namespace Microsoft.ML.Lora;
 
@@ -58,6 +59,41 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     /// row order); from <see cref="LoraFineTuningOptions.GroupByLength"/>, true for a loaded model.
     /// </summary>
     internal bool GroupByLength { get; set; } = true;
+
+    /// <summary>
+    /// Sliding windows at inference (see <see cref="LoraFineTuningOptions.InferenceWindowStride"/>): 0 for none, else the
+    /// word pieces between window starts, from 1 to MaxSequenceLength − 2. Starts as the options (or the model file) say;
+    /// setting it changes how later cursors and prediction engines score (training is not affected by it) and what
+    /// <c>Save</c> records.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The stride is negative or longer than the window's word pieces.</exception>
+    /// <exception cref="InvalidOperationException">The model reads a text pair (windows take single texts).</exception>
+    public int InferenceWindowStride
+    {
+        get => Model.WindowStride;
+        set
+        {
+            int budget = Model.Settings.MaxSequenceLength - 2;
+            if (value < 0 || value > budget)
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), value,
+                    string.Create(System.Globalization.CultureInfo.InvariantCulture, $"InferenceWindowStride must be 0 (no windows) or from 1 to MaxSequenceLength - 2 ({budget}) word pieces."));
+            }
+
+            if (value > 0 && Columns.Pair is not null)
+            {
+                throw new InvalidOperationException($"This model reads the text pair column '{Columns.Pair}'; sliding windows work on single texts only.");
+            }
+
+            Model.WindowStride = value;
+        }
+    }
+
+    /// <summary>The truncation strategy the model was trained with and truncates long texts by (when no windows are used).</summary>
+    public TruncationStrategy Truncation => Model.Settings.Truncation;
+
+    /// <summary>Where a <c>Transform</c> cursor logs what truncation cut when it is disposed (the MLContext of Fit or Load).</summary>
+    internal IHostEnvironment? Environment { get; init; }
 
     /// <summary>The task, from the label column's type at training time.</summary>
     public LoraTaskKind Task => Model.Label.Task;
@@ -187,7 +223,9 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     /// The weights are written in float32 as the model computes them in eval mode (each linear layer and embedding table
     /// is read by running it, so LoRA is included whether merged or not). On the CPU in float32 the ONNX Runtime scores
     /// equal <see cref="Transform"/>'s within 1e-4; a model whose encoder runs in bfloat16 (on a GPU) differs by bfloat16
-    /// rounding. Also usable with ML.NET's <c>ApplyOnnxModel</c> (see the README).
+    /// rounding. Also usable with ML.NET's <c>ApplyOnnxModel</c> (see the README). The ONNX scoring package truncates long
+    /// texts by their head and has no sliding windows: a model trained with <see cref="TruncationStrategy.HeadTail"/> or
+    /// scored in windows here scores texts longer than MaxSequenceLength differently there.
     /// </remarks>
     /// <param name="path">The .onnx file to write (its folder is created if needed; an existing file is replaced).</param>
     /// <returns>The full path written.</returns>
@@ -236,7 +274,27 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     }
 
     /// <summary>Releases a reference taken by <see cref="AddReference"/>.</summary>
-    internal void ReleaseReference() => Release(fromEngine: false, cursor: true);
+    internal void ReleaseReference()
+    {
+        LogTruncation();
+        Release(fromEngine: false, cursor: true);
+    }
+
+    /// <summary>
+    /// Logs, when a cursor is done, how many rows scored since the previous such line were longer than MaxSequenceLength
+    /// and what share of their word pieces truncation cut (rows scored by prediction engines meanwhile are included).
+    /// </summary>
+    private void LogTruncation()
+    {
+        var counts = Model.ScoredTruncation.TakeAndReset();
+        if (Environment is null || counts.Rows == 0)
+        {
+            return;
+        }
+
+        using var channel = Environment.Register(nameof(LoraTransformer)).Start("Transform");
+        MlNetHost.Info(channel, counts.Describe("Transform", Model.Settings.MaxSequenceLength, Model.Settings.Truncation, Model.WindowStride));
+    }
 
     void ICanSaveModel.Save(ModelSaveContext ctx)
     {

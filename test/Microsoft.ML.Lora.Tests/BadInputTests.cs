@@ -450,7 +450,7 @@ public sealed class BadInputTests
             }
 
             // ML.NET's model header: ModelVerWritten at 0x48, ModelVerReadable at 0x4C. A newer writer that older readers cannot read.
-            Assert.AreEqual(0x00010003u, BinaryPrimitives.ReadUInt32LittleEndian(content.AsSpan(0x48)));
+            Assert.AreEqual(0x00010004u, BinaryPrimitives.ReadUInt32LittleEndian(content.AsSpan(0x48)));
             BinaryPrimitives.WriteUInt32LittleEndian(content.AsSpan(0x48), 0x00010009);
             BinaryPrimitives.WriteUInt32LittleEndian(content.AsSpan(0x4C), 0x00010009);
             string name = entry.FullName;
@@ -462,7 +462,7 @@ public sealed class BadInputTests
         var error = Assert.Throws<Exception>(() => context.Model.Load(path, out _));
         Assert.IsInstanceOfType<InvalidDataException>(error.GetBaseException(), error.ToString());
         StringAssert.Contains(error.GetBaseException().Message, "format version 0x00010009");
-        StringAssert.Contains(error.GetBaseException().Message, "reads format versions up to 0x00010003");
+        StringAssert.Contains(error.GetBaseException().Message, "reads format versions up to 0x00010004");
         AssertGoodFileStillLoads();
     }
 

@@ -293,13 +293,13 @@ public sealed class LoraFineTuningTests
         Assert.IsTrue(reports.All(r => r.ValidationAccuracy is >= 0 and <= 1), string.Join(", ", reports.Select(r => r.ValidationAccuracy)));
 
         // The kept adapter is the epoch with the lowest validation loss, and its reported accuracy is what Transform
-        // gives. Up to one row: validation ran on base weights that earlier epochs merged and unmerged (float rounding,
-        // ~1e-7 relative), the kept model on a fresh base, so a logit within rounding of 0 could flip.
+        // gives. Up to one row: validation batches the rows in order, Transform groups them by length (other padding,
+        // float32 rounding), so a logit within rounding of 0 could flip.
         var best = reports.MinBy(r => r.ValidationLoss!.Value)!;
         double keptAccuracy = Accuracy(model.Transform(valid));
         Assert.AreEqual(best.ValidationAccuracy!.Value, keptAccuracy, 1.0 / 24 + 1e-12, $"epoch {best.Epoch} of {reports.Count}");
 
-        // The kept adapter is rebuilt on a fresh base exactly as Load does: a save/load round trip is bitwise equal.
+        // The kept adapter, copied back into the trained model, is what Load rebuilds: a save/load round trip is bitwise equal.
         string path = Path.Combine(root, "validation.zip");
         ml.Model.Save(model, train.Schema, path);
         var loaded = ml.Model.Load(path, out _);
@@ -329,8 +329,8 @@ public sealed class LoraFineTuningTests
         Assert.IsNotNull(report.ValidationAccuracy);
         double accuracy = report.ValidationAccuracy.Value;
 
-        // One epoch: validation merged the adapter into the pristine base once, exactly as the returned model (rebuilt
-        // on a fresh base) does, so both see bitwise the same weights and batches: same predictions, same accuracy.
+        // One epoch: validation ran the returned model itself (eval mode, no merge), so both see bitwise the same
+        // weights and batches: same predictions, same accuracy.
         var scored = model.Transform(valid);
         Assert.AreEqual(Accuracy(scored), accuracy, 0.0, "exact: same weights, same batches");
         Assert.IsTrue(accuracy is > 0 and < 1, $"accuracy {accuracy}: a value strictly between 0 and 1 shows the count is per row");

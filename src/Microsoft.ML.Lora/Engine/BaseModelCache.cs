@@ -14,6 +14,15 @@ internal static class BaseModelCache
     private static readonly Lock Gate = new();
     private static readonly Dictionary<Key, Entry> Entries = [];
 
+    private static long leasesTaken;
+    private static long loads;
+
+    /// <summary>Leases handed out since the process started (tests: how often a model was built on a base).</summary>
+    public static long LeasesTaken => Interlocked.Read(ref leasesTaken);
+
+    /// <summary>Bases read from their source since the process started (tests: a base already held is not read again).</summary>
+    public static long Loads => Interlocked.Read(ref loads);
+
     /// <summary>Number of bases held now.</summary>
     public static int Count
     {
@@ -61,6 +70,7 @@ internal static class BaseModelCache
             return lease;
         }
 
+        Interlocked.Increment(ref loads);
         return Add(source.Load(device), device, dtype);
     }
 
@@ -139,7 +149,11 @@ internal static class BaseModelCache
         private readonly Entry entry;
         private int released;
 
-        internal Lease(Entry entry) => this.entry = entry;
+        internal Lease(Entry entry)
+        {
+            this.entry = entry;
+            Interlocked.Increment(ref leasesTaken);
+        }
 
         /// <summary>The shared base: never change its weights.</summary>
         public LoadedPretrainedModel Base => entry.Base;

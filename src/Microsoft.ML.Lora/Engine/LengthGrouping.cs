@@ -3,8 +3,8 @@ namespace Microsoft.ML.Lora.Engine;
 /// <summary>
 /// Length grouping (Hugging Face's <c>group_by_length</c>): a batch is padded to its longest row, so batches of rows of
 /// similar length cost less. Rows are read in windows, each window is sorted by length (stable), cut into batches, and
-/// the batch order is shuffled with a seeded generator. Length is the text's character count (plus the pair's), a cheap
-/// proxy for the token count that needs no tokenization.
+/// the batch order is shuffled with a seeded generator. In training, where rows are tokenized before they are batched,
+/// length is the token count; in <c>Transform</c> it is the text's character count (plus the pair's), a cheap proxy.
 /// </summary>
 internal static class LengthGrouping
 {
@@ -14,8 +14,8 @@ internal static class LengthGrouping
     /// <summary>Inference window in batches: rows whose texts are held at once by a <c>Transform</c> cursor.</summary>
     public const int InferenceWindowBatches = 8;
 
-    /// <summary>The grouping length of a training row: characters of its text and pair.</summary>
-    public static int Length(TrainingRow row) => row.Text.Length + (row.Pair?.Length ?? 0);
+    /// <summary>The grouping length of a training row: its tokens.</summary>
+    public static int Length(TokenizedRow row) => row.Tokens.Ids.Length;
 
     /// <summary>
     /// Batches of <paramref name="batchSize"/> rows: each window of <paramref name="window"/> rows is sorted by length, cut

@@ -31,6 +31,7 @@ internal sealed class LoraTextModel : IDisposable
         EncoderDtype = encoderDtype;
         Label = label;
         Settings = settings;
+        WindowStride = settings.WindowStride;
         AdaptedModules = adaptedModules;
     }
 
@@ -177,24 +178,47 @@ internal sealed class LoraTextModel : IDisposable
 
     public long TotalParameterCount => Model.parameters().Sum(p => p.numel());
 
-    /// <summary>Encodes texts (and pairs) and runs the model: [n, OutputCount] logits or standardised values.</summary>
-    public Tensor Forward(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs)
+    /// <summary>The inference window stride in word pieces (0: no windows); starts as the settings', changed by <see cref="LoraTransformer.InferenceWindowStride"/>.</summary>
+    public int WindowStride { get; set; }
+
+    /// <summary>What truncation cut in the texts this model scored since the last <see cref="TruncationCounts.TakeAndReset"/>.</summary>
+    public TruncationCounts ScoredTruncation { get; } = new();
+
+    /// <summary>Encodes texts (and pairs) with the model's truncation and runs the model: [n, OutputCount] logits or standardised values.</summary>
+    public Tensor Forward(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs) =>
+        Forward(Tokenizer.Encode(texts, pairs, Settings.MaxSequenceLength, Settings.Truncation));
+
+    /// <summary>Runs the model on a tokenized batch: [BatchSize, OutputCount] logits or standardised values.</summary>
+    public Tensor Forward(EncodedBatch batch)
     {
-        var batch = Tokenizer.Encode(texts, pairs, Settings.MaxSequenceLength);
         var (ids, mask, types) = batch.ToTensors(Device);
         return Model.call(ids, mask, types);
     }
 
     /// <summary>
     /// Predicts rows: multiclass class probabilities, binary logits, or regression values in label units; row-major
-    /// [texts.Count × OutputCount]. The model must be in eval mode.
+    /// [texts.Count × OutputCount]. The model must be in eval mode. With a window stride (single texts only), a text longer
+    /// than the budget is scored as sliding windows (<see cref="BertTextTokenizer.EncodeWindows"/>) and its output is the
+    /// mean of its windows' logits (standardised values for regression), before the softmax or the label scale.
     /// </summary>
     public float[] Predict(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs)
     {
         ObjectDisposedException.ThrowIf(disposed, this);
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        var output = Forward(texts, pairs);
+        Tensor output;
+        int stride = WindowStride;
+        if (stride > 0 && pairs is null)
+        {
+            output = PredictWindows(texts, stride);
+        }
+        else
+        {
+            var batch = Tokenizer.Encode(texts, pairs, Settings.MaxSequenceLength, Settings.Truncation);
+            output = Forward(batch);
+            ScoredTruncation.Add(texts.Count, batch.TruncatedRows, batch.SourceTokens, batch.KeptTokens);
+        }
+
         output = Label.Task switch
         {
             LoraTaskKind.MulticlassClassification => torch.nn.functional.softmax(output, 1),
@@ -202,6 +226,24 @@ internal sealed class LoraTextModel : IDisposable
             _ => output,
         };
         return output.to(torch.CPU).contiguous().data<float>().ToArray();
+    }
+
+    /// <summary>
+    /// Sliding windows: forward passes of at most max(texts, 32) windows each, then per text the mean of its windows'
+    /// outputs.
+    /// </summary>
+    private Tensor PredictWindows(IReadOnlyList<string> texts, int stride)
+    {
+        var (windows, source) = Tokenizer.WindowRows(texts, Settings.MaxSequenceLength, stride);
+        int chunk = Math.Max(texts.Count, 32);
+        var outputs = windows.Chunk(chunk).Select(part => Forward(Tokenizer.Pad(part))).ToList();
+        var all = outputs.Count == 1 ? outputs[0] : torch.cat(outputs, 0);
+        var index = HostTransfer.ToDevice(torch.tensor(source.Select(r => (long)r).ToArray(), ScalarType.Int64), Device);
+        var sums = torch.zeros([texts.Count, all.shape[1]], all.dtype, Device).index_add_(0, index, all, 1);
+        var counts = torch.zeros([texts.Count], all.dtype, Device).index_add_(0, index, torch.ones([source.Length], all.dtype, Device), 1);
+        long longRows = source.Length - texts.Count == 0 ? 0 : source.CountBy(r => r).Count(g => g.Value > 1);
+        ScoredTruncation.Add(texts.Count, longRows, 0, 0);
+        return sums / counts.unsqueeze(1);
     }
 
     /// <summary>

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using Microsoft.ML.Lora.Internal;
+using Microsoft.ML.Lora.Models;
 using Microsoft.ML.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -20,6 +21,8 @@ internal sealed class LoraTrainer
     private readonly TrainingData data;
     private readonly TrainingData? validation;
     private readonly int seed;
+    private readonly TokenCache trainingTokens;
+    private TokenCache? validationTokens;
 
     public LoraTrainer(IHostEnvironment env, IChannel channel, LoraFineTuningOptions options, LoraTextModel model, TrainingData data, TrainingData? validation, int seed)
     {
@@ -30,7 +33,11 @@ internal sealed class LoraTrainer
         this.data = data;
         this.validation = validation;
         this.seed = seed;
+        trainingTokens = new TokenCache(data.Rows, Encode, options.TokenCacheBytes);
     }
+
+    /// <summary>The training rows' tokens (tests: whether they were cached, and what truncation cut).</summary>
+    internal TokenCache TrainingTokens => trainingTokens;
 
     /// <summary>Whether validation evaluated the model in eval mode (which merges and unmerges LoRA weights into the base).</summary>
     public bool UsedEvalMode { get; private set; }
@@ -73,7 +80,7 @@ internal sealed class LoraTrainer
         {
             CheckCanceled();
             model.Model.train();
-            var rows = data.Rows();
+            var rows = trainingTokens.Rows();
             if (options.Shuffle)
             {
                 // Not HashCode.Combine: it is randomised per process, and the order must be the same in every run.
@@ -118,6 +125,11 @@ internal sealed class LoraTrainer
                 learningRate = Step(optimizer, parameters, totalSteps, warmupSteps);
             }
 
+            if (epoch == 1)
+            {
+                LogTokens();
+            }
+
             double lastIntervalLoss = intervalRows > 0 ? ReadLoss(intervalLoss, intervalRows, epoch, intervalFirstStep, learningRate) : double.NaN;
             EpochLosses.Add(epochRows > 0 ? ReadLoss(epochLoss, epochRows, epoch, intervalFirstStep, learningRate) : double.NaN);
             var (validationLoss, validationAccuracy) = validation is null ? (null, null) : Validate();
@@ -151,6 +163,30 @@ internal sealed class LoraTrainer
         return best;
     }
 
+    /// <summary>Tokenizes a row with the model's maximum length and truncation (a pair column's null reads as empty).</summary>
+    private EncodedRow Encode(TrainingRow row) =>
+        model.Tokenizer.EncodeRow(row.Text, options.TextPairColumnName is null ? null : row.Pair ?? string.Empty, options.MaxSequenceLength, options.Truncation);
+
+    /// <summary>After the first epoch: what truncation cut, and whether the tokens are cached for the next epochs.</summary>
+    private void LogTokens()
+    {
+        if (trainingTokens.Counts is { } counts)
+        {
+            MlNetHost.Info(channel, counts.Describe("Fit", options.MaxSequenceLength, options.Truncation, windowStride: 0));
+        }
+
+        string bound = $"{Size(options.TokenCacheBytes)} ({nameof(LoraFineTuningOptions.TokenCacheBytes)})";
+        MlNetHost.Info(channel, trainingTokens.IsCached
+            ? $"Token cache: the rows' token ids ({Size(trainingTokens.Bytes)} of {bound}) are kept; later epochs do not tokenize again."
+            : trainingTokens.Overflowed
+                ? $"Token cache off: the rows' token ids need more than {bound}; every epoch streams and tokenizes the rows again."
+                : $"Token cache off ({nameof(LoraFineTuningOptions.TokenCacheBytes)} is 0): every epoch streams and tokenizes the rows again.");
+    }
+
+    private static string Size(long bytes) => bytes >= 1024 * 1024
+        ? string.Create(CultureInfo.InvariantCulture, $"{bytes / (1024.0 * 1024.0):0.#} MiB")
+        : string.Create(CultureInfo.InvariantCulture, $"{bytes / 1024.0:0.#} KiB");
+
     /// <summary>Mean loss from a device-side sum (one device-to-host read); throws if training diverged since step <paramref name="firstStep"/>.</summary>
     private double ReadLoss(Tensor sum, long rows, int epoch, long firstStep, double learningRate)
     {
@@ -173,13 +209,11 @@ internal sealed class LoraTrainer
     }
 
     /// <summary>Forward and backward of one batch; adds loss × rows to each of <paramref name="sums"/> on the device (no host read).</summary>
-    private void ForwardBackward(TrainingRow[] batch, params Tensor[] sums)
+    private void ForwardBackward(TokenizedRow[] batch, params Tensor[] sums)
     {
         using var scope = torch.NewDisposeScope();
-        var texts = batch.Select(r => r.Text).ToArray();
-        var pairs = options.TextPairColumnName is null ? null : batch.Select(r => r.Pair ?? string.Empty).ToArray();
-        var output = model.Forward(texts, pairs);
-        var loss = Loss(output, batch);
+        var output = model.Forward(model.Tokenizer.Pad(batch.Select(r => r.Tokens).ToArray()));
+        var loss = Loss(output, batch.Select(r => r.Row).ToArray());
         (loss / options.GradientAccumulationSteps).backward();
         var weighted = loss.detach().to(ScalarType.Float64) * batch.Length;
         foreach (var sum in sums)
@@ -274,14 +308,15 @@ internal sealed class LoraTrainer
         using var sum = torch.zeros(1, ScalarType.Float64, model.Device);
         long count = 0;
         using var correct = torch.zeros(1, ScalarType.Int64, model.Device);
-        foreach (var batch in validation!.Rows().Chunk(options.InferenceBatchSize))
+        // The validation rows share the token cache's bound with the training rows (whatever those left of it).
+        validationTokens ??= new TokenCache(validation!.Rows, Encode, options.TokenCacheBytes - trainingTokens.Bytes);
+        foreach (var tokenized in validationTokens.Rows().Chunk(options.InferenceBatchSize))
         {
             CheckCanceled();
             using var scope = torch.NewDisposeScope();
             using var noGrad = torch.no_grad();
-            var texts = batch.Select(r => r.Text).ToArray();
-            var pairs = options.TextPairColumnName is null ? null : batch.Select(r => r.Pair ?? string.Empty).ToArray();
-            var output = model.Forward(texts, pairs);
+            var batch = tokenized.Select(r => r.Row).ToArray();
+            var output = model.Forward(model.Tokenizer.Pad(tokenized.Select(r => r.Tokens).ToArray()));
             sum.add_(Loss(output, batch).to(ScalarType.Float64) * batch.Length);
             count += batch.Length;
             if (model.Label.Task != LoraTaskKind.Regression)

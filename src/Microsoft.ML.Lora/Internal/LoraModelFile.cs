@@ -18,7 +18,8 @@ namespace Microsoft.ML.Lora.Internal;
 /// Saves and loads <see cref="LoraTransformer"/> in ML.NET model files (through ML.NET's internal model-file API).
 /// The transformer's zip entry holds, via <c>ctx.Writer</c>: a payload version, the task and label key values, the
 /// column names, the adapter settings, the tokenizer settings and the base-model reference (descriptor JSON and weights
-/// SHA-256), then (version 2) the requested precision, (version 3) the SHA-256 of the tensor entry; and a binary stream <see cref="TensorStreamName"/> with the LoRA and head tensors only.
+/// SHA-256), then (version 2) the requested precision, (version 3) the SHA-256 of the tensor entry, (version 4) the
+/// truncation strategy and the inference window stride; and a binary stream <see cref="TensorStreamName"/> with the LoRA and head tensors only.
 /// </summary>
 internal static class LoraModelFile
 {
@@ -39,13 +40,19 @@ internal static class LoraModelFile
     // 0x00010003: adds the SHA-256 (hex) of the LoraAdapter.bin entry after the precision; Load refuses an entry whose
     //             bytes do not match it (a damaged file). Readers of version 2 ignore it, so files stay readable by them.
     private const uint VersionWithPrecision = 0x00010002;
+    // 0x00010004: adds the truncation strategy (TruncationStrategy, int32) and the inference window stride (int32, 0 for
+    //             none) after the checksum. Older files truncated the head and had no windows: they load as Head and 0.
+    //             Readers of version 2 and 3 ignore them (a version 4 file then scores with Head truncation).
     private const uint VersionWithChecksum = 0x00010003;
-    private const uint VersionCurrent = VersionWithChecksum;
+    private const uint VersionWithTruncation = 0x00010004;
+    private const uint VersionCurrent = VersionWithTruncation;
 
-    private static VersionInfo GetVersionInfo() => new(
+    // A file that truncates other than by Head or scores in windows needs a version 4 reader (an older one would score it
+    // with Head truncation); any other file stays readable by readers of version 2 on.
+    private static VersionInfo GetVersionInfo(uint readable = VersionWithPrecision) => new(
         ModelSignature,
         verWrittenCur: VersionCurrent,
-        verReadableCur: VersionWithPrecision,
+        verReadableCur: readable,
         verWeCanReadBack: 0x00010001,
         loaderAssemblyName: typeof(LoraModelFile).Assembly.FullName,
         loaderSignature: LoaderSignature);
@@ -54,11 +61,12 @@ internal static class LoraModelFile
     {
         ArgumentNullException.ThrowIfNull(ctx);
         ctx.CheckAtModel();
-        ctx.SetVersionInfo(GetVersionInfo());
-        var w = ctx.Writer;
         var model = transformer.Model;
-        var label = model.Label;
         var settings = model.Settings;
+        bool needsTruncation = settings.Truncation != TruncationStrategy.Head || model.WindowStride > 0;
+        ctx.SetVersionInfo(GetVersionInfo(needsTruncation ? VersionWithTruncation : VersionWithPrecision));
+        var w = ctx.Writer;
+        var label = model.Label;
         var columns = transformer.Columns;
 
         w.Write((int)label.Task);
@@ -109,6 +117,8 @@ internal static class LoraModelFile
 
             var bytes = tensors.ToArray();
             w.Write(Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes)));
+            w.Write((int)settings.Truncation);
+            w.Write(model.WindowStride);
             ctx.SaveBinaryStream(TensorStreamName, writer => writer.Write(bytes));
         }
         finally
@@ -177,6 +187,18 @@ internal static class LoraModelFile
         var loadPrecision = precision == LoraPrecision.Float32 ? LoraPrecision.Float32 : LoraPrecision.Auto;
 
         string? checksum = ctx.Header.ModelVerWritten >= VersionWithChecksum ? r.ReadString() : null;
+        if (ctx.Header.ModelVerWritten >= VersionWithTruncation)
+        {
+            var truncation = (TruncationStrategy)r.ReadInt32();
+            int stride = r.ReadInt32();
+            if (!Enum.IsDefined(truncation) || stride < 0 || stride > maxLength - 2)
+            {
+                throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
+                    $"This LoRA model file has truncation {(int)truncation} and window stride {stride}; expected Head (0) or HeadTail (1) and a stride from 0 to {maxLength - 2}."));
+            }
+
+            settings = settings with { Truncation = truncation, WindowStride = stride };
+        }
         SortedDictionary<string, Tensor>? state = null;
         if (!ctx.TryLoadBinaryStream(TensorStreamName, reader => state = ReadTensors(reader, checksum)) || state is null)
         {
@@ -199,7 +221,7 @@ internal static class LoraModelFile
 
                 model.LoadAdapterState(state);
                 model.Model.eval();
-                return new LoraTransformer(model, columns, inferenceBatchSize);
+                return new LoraTransformer(model, columns, inferenceBatchSize) { Environment = env };
             }
             catch
             {
