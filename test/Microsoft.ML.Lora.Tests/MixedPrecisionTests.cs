@@ -96,9 +96,9 @@ public sealed class MixedPrecisionTests
         var settings = new AdapterSettings(options.Rank, options.Alpha, options.Dropout, options.TargetModules.ToList(), false,
             options.Pooling, options.MaxSequenceLength, 0f, 1f);
         using var model = LoraTextModel.Create(baseModel, CPU, options.Precision, label, settings, seed: 9, mergedCopy: false);
-        var training = new TrainingData(data, "Text", null, "Label", LoraTaskKind.BinaryClassification);
+        var training = new TrainingData(data, "Text", null, "Label", label);
         using var channel = env.Register("test").Start("test");
-        var trainer = new LoraTrainer(env, channel, options, model, training, null, seed: 9);
+        var trainer = new LoraTrainer<TrainingRow>(env, channel, TrainingSettings.From(options), model, training, null, seed: 9);
 
         trainer.Train(64);
 

@@ -1,5 +1,6 @@
 using System.Globalization;
 using Microsoft.ML.Lora.Data;
+using Microsoft.ML.Lora.Engine.Tasks;
 using Microsoft.ML.Lora.Models;
 using Microsoft.ML.Lora.Models.Onnx;
 using TorchSharp;
@@ -11,11 +12,12 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Lora.Engine;
 
 /// <summary>
-/// A pretrained BERT encoder with LoRA adapters injected and a task head, its tokenizer and its device. The encoder's
+/// The text model family: a pretrained BERT encoder with LoRA adapters injected and a task head, its tokenizer and its
+/// device; rows of text (and pairs) become token tensors here, and nowhere else. The encoder's
 /// weights are a shared base from <see cref="BaseModelCache"/> (aliased, never changed); the model owns its LoRA
 /// factors and head and one lease on the base. Inference (<see cref="Predict"/>) is thread-safe once the model is in eval mode.
 /// </summary>
-internal sealed class LoraTextModel : IDisposable
+internal sealed class LoraTextModel : ILoraModel<TrainingRow>
 {
     private readonly BaseModelCache.Lease baseModel;
     private bool disposed;
@@ -35,6 +37,11 @@ internal sealed class LoraTextModel : IDisposable
     }
 
     public BertForSequenceClassification Model { get; }
+
+    nn.Module ILoraModel<TrainingRow>.Module => Model;
+
+    /// <summary>The regression label standardisation (identity for classification).</summary>
+    public LabelScaling Scaling => new(Settings.LabelMean, Settings.LabelScale);
 
     public BertTextTokenizer Tokenizer => baseModel.Base.Tokenizer;
 
@@ -177,6 +184,23 @@ internal sealed class LoraTextModel : IDisposable
 
     public long TotalParameterCount => Model.parameters().Sum(p => p.numel());
 
+    /// <summary>Encodes a batch of training rows (texts, and pairs when the rows have them) and runs the model.</summary>
+    public Tensor Forward(IReadOnlyList<TrainingRow> batch)
+    {
+        var texts = batch.Select(r => r.Text).ToArray();
+        var pairs = batch.Any(r => r.Pair is not null) ? batch.Select(r => r.Pair ?? string.Empty).ToArray() : null;
+        return Forward(texts, pairs);
+    }
+
+    /// <summary>
+    /// Training batches: with length grouping, each window of <see cref="LengthGrouping.TrainingWindowBatches"/> batches is
+    /// sorted by text length, cut and shuffled (<see cref="LengthGrouping"/>); otherwise consecutive rows.
+    /// </summary>
+    public IEnumerable<TrainingRow[]> TrainingBatches(IEnumerable<TrainingRow> rows, int batchSize, bool groupByLength, Random random) =>
+        groupByLength
+            ? LengthGrouping.Batches(rows, batchSize, LengthGrouping.TrainingWindowBatches * batchSize, LengthGrouping.Length, random)
+            : rows.Chunk(batchSize);
+
     /// <summary>Encodes texts (and pairs) and runs the model: [n, OutputCount] logits or standardised values.</summary>
     public Tensor Forward(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs)
     {
@@ -195,12 +219,7 @@ internal sealed class LoraTextModel : IDisposable
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
         var output = Forward(texts, pairs);
-        output = Label.Task switch
-        {
-            LoraTaskKind.MulticlassClassification => torch.nn.functional.softmax(output, 1),
-            LoraTaskKind.Regression => output * Settings.LabelScale + Settings.LabelMean,
-            _ => output,
-        };
+        output = Label.Task.ToScores(output, Scaling);
         return output.to(torch.CPU).contiguous().data<float>().ToArray();
     }
 
@@ -212,12 +231,7 @@ internal sealed class LoraTextModel : IDisposable
     public void ExportOnnx(Stream destination, ColumnNames columns, int inferenceBatchSize)
     {
         ObjectDisposedException.ThrowIf(disposed, this);
-        var (transform, scale, shift) = Label.Task switch
-        {
-            LoraTaskKind.MulticlassClassification => (OnnxBertExporter.OutputTransform.Softmax, 1f, 0f),
-            LoraTaskKind.Regression => (OnnxBertExporter.OutputTransform.Affine, Settings.LabelScale, Settings.LabelMean),
-            _ => (OnnxBertExporter.OutputTransform.None, 1f, 0f),
-        };
+        var (transform, scale, shift) = Label.Task.OnnxOutput(Scaling);
         var metadata = new OnnxModelMetadata(Label, columns, inferenceBatchSize, Settings.MaxSequenceLength, Tokenizer.LowerCase, Tokenizer.StripAccents, Tokenizer.VocabularyText);
         OnnxBertExporter.Export(Model, destination, transform, scale, shift, metadata.ToProperties());
     }
@@ -264,11 +278,9 @@ internal sealed class LoraTextModel : IDisposable
         }
     }
 
-    /// <summary>LoRA tensors and the classification head: the only tensors a model file holds.</summary>
+    /// <summary>LoRA tensors (<see cref="lora.IsLoraParameterName"/>) and the classification head: the only tensors a model file holds.</summary>
     public static bool IsAdapterTensor(string name) =>
-        name.EndsWith(".lora_A", StringComparison.Ordinal) || name.EndsWith(".lora_B", StringComparison.Ordinal) ||
-        name.Contains(".lora_A.", StringComparison.Ordinal) || name.Contains(".lora_B.", StringComparison.Ordinal) ||
-        name.StartsWith("classifier.", StringComparison.Ordinal);
+        lora.IsLoraParameterName(name) || name.StartsWith("classifier.", StringComparison.Ordinal);
 
     public void Dispose()
     {

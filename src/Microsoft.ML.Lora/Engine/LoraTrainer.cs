@@ -11,17 +11,23 @@ namespace Microsoft.ML.Lora.Engine;
 /// The training loop: streamed, shuffled batches; AdamW on the LoRA and head parameters only; linear warm-up and decay;
 /// gradient clipping and accumulation; progress, cancellation, divergence checks and optional early stopping.
 /// </summary>
-internal sealed class LoraTrainer
+/// <remarks>
+/// The loop knows neither the task nor the model family: the loss and accuracy come from the task
+/// (<see cref="LabelInfo.Task"/>), the batches and the forward pass from the family's model (<see cref="ILoraModel{TRow}"/>).
+/// </remarks>
+/// <typeparam name="TRow">The model family's training row.</typeparam>
+internal sealed class LoraTrainer<TRow>
+    where TRow : ILabeledRow
 {
     private readonly IHostEnvironment env;
     private readonly IChannel channel;
-    private readonly LoraFineTuningOptions options;
-    private readonly LoraTextModel model;
-    private readonly TrainingData data;
-    private readonly TrainingData? validation;
+    private readonly TrainingSettings options;
+    private readonly ILoraModel<TRow> model;
+    private readonly ITrainingRows<TRow> data;
+    private readonly ITrainingRows<TRow>? validation;
     private readonly int seed;
 
-    public LoraTrainer(IHostEnvironment env, IChannel channel, LoraFineTuningOptions options, LoraTextModel model, TrainingData data, TrainingData? validation, int seed)
+    public LoraTrainer(IHostEnvironment env, IChannel channel, TrainingSettings options, ILoraModel<TRow> model, ITrainingRows<TRow> data, ITrainingRows<TRow>? validation, int seed)
     {
         this.env = env;
         this.channel = channel;
@@ -72,7 +78,7 @@ internal sealed class LoraTrainer
         for (int epoch = 1; epoch <= options.MaxEpochs; epoch++)
         {
             CheckCanceled();
-            model.Model.train();
+            model.Module.train();
             var rows = data.Rows();
             if (options.Shuffle)
             {
@@ -85,10 +91,7 @@ internal sealed class LoraTrainer
             int pending = 0;
             double learningRate = options.LearningRate;
             optimizer.zero_grad();
-            var batches = options.GroupByLength
-                ? LengthGrouping.Batches(rows, options.BatchSize, LengthGrouping.TrainingWindowBatches * options.BatchSize, LengthGrouping.Length,
-                    new Random(unchecked((seed * 1_000_003) + epoch + 0x5bd1e995)))
-                : rows.Chunk(options.BatchSize);
+            var batches = model.TrainingBatches(rows, options.BatchSize, options.GroupByLength, new Random(unchecked((seed * 1_000_003) + epoch + 0x5bd1e995)));
             foreach (var batch in batches)
             {
                 CheckCanceled();
@@ -133,7 +136,7 @@ internal sealed class LoraTrainer
                 if (v < bestValidation)
                 {
                     bestValidation = v;
-                    DisposeState(best);
+                    LoraTrainer.DisposeState(best);
                     best = model.AdapterState();
                     epochsWithoutImprovement = 0;
                 }
@@ -173,12 +176,10 @@ internal sealed class LoraTrainer
     }
 
     /// <summary>Forward and backward of one batch; adds loss × rows to each of <paramref name="sums"/> on the device (no host read).</summary>
-    private void ForwardBackward(TrainingRow[] batch, params Tensor[] sums)
+    private void ForwardBackward(TRow[] batch, params Tensor[] sums)
     {
         using var scope = torch.NewDisposeScope();
-        var texts = batch.Select(r => r.Text).ToArray();
-        var pairs = options.TextPairColumnName is null ? null : batch.Select(r => r.Pair ?? string.Empty).ToArray();
-        var output = model.Forward(texts, pairs);
+        var output = model.Forward(batch);
         var loss = Loss(output, batch);
         (loss / options.GradientAccumulationSteps).backward();
         var weighted = loss.detach().to(ScalarType.Float64) * batch.Length;
@@ -188,35 +189,12 @@ internal sealed class LoraTrainer
         }
     }
 
-    private Tensor Loss(Tensor output, TrainingRow[] batch)
-    {
-        switch (model.Label.Task)
-        {
-            case LoraTaskKind.MulticlassClassification:
-            {
-                var targets = HostTransfer.ToDevice(torch.tensor(batch.Select(r => (long)r.Class).ToArray(), ScalarType.Int64), model.Device);
-                return torch.nn.functional.cross_entropy(output, targets);
-            }
-
-            case LoraTaskKind.BinaryClassification:
-            {
-                var targets = HostTransfer.ToDevice(torch.tensor(batch.Select(r => (float)r.Class).ToArray(), ScalarType.Float32), model.Device);
-                return torch.nn.functional.binary_cross_entropy_with_logits(output.squeeze(1), targets);
-            }
-
-            default:
-            {
-                var settings = model.Settings;
-                var targets = HostTransfer.ToDevice(torch.tensor(batch.Select(r => (r.Value - settings.LabelMean) / settings.LabelScale).ToArray(), ScalarType.Float32), model.Device);
-                return torch.nn.functional.mse_loss(output.squeeze(1), targets);
-            }
-        }
-    }
+    private Tensor Loss(Tensor output, TRow[] batch) => model.Label.Task.Loss(output, batch, model.Scaling, model.Device);
 
     private double Step(torch.optim.Optimizer optimizer, List<TorchSharp.Modules.Parameter> parameters, long totalSteps, long warmupSteps)
     {
         Steps++;
-        double lr = LearningRateAt(Steps, totalSteps, warmupSteps, options.LearningRate);
+        double lr = LoraTrainer.LearningRateAt(Steps, totalSteps, warmupSteps, options.LearningRate);
         foreach (var group in optimizer.ParamGroups)
         {
             group.LearningRate = lr;
@@ -224,7 +202,7 @@ internal sealed class LoraTrainer
 
         if (options.ClipNorm > 0)
         {
-            ClipGradientNorm(parameters, options.ClipNorm);
+            LoraTrainer.ClipGradientNorm(parameters, options.ClipNorm);
         }
 
         optimizer.step();
@@ -232,45 +210,11 @@ internal sealed class LoraTrainer
         return lr;
     }
 
-    /// <summary>
-    /// Scales the gradients so that their global L2 norm is at most <paramref name="maxNorm"/>, as
-    /// <c>torch.nn.utils.clip_grad_norm_</c> (coefficient maxNorm / (norm + 1e-6), at most 1), but on the device: TorchSharp's
-    /// clip_grad_norm_ returns the norm as a double, a device-to-host read every optimizer step.
-    /// </summary>
-    internal static void ClipGradientNorm(IReadOnlyList<TorchSharp.Modules.Parameter> parameters, double maxNorm)
-    {
-        using var scope = torch.NewDisposeScope();
-        using var noGrad = torch.no_grad();
-        var grads = parameters.Select(p => p.grad).Where(g => g is not null).Select(g => g!).ToList();
-        if (grads.Count == 0)
-        {
-            return;
-        }
-
-        var norms = torch.stack(grads.Select(g => torch.linalg.vector_norm(g).to(ScalarType.Float32)));
-        var coefficient = (maxNorm / (torch.linalg.vector_norm(norms) + 1e-6)).clamp_max(1.0);
-        foreach (var grad in grads)
-        {
-            grad.mul_(coefficient.to(grad.dtype));
-        }
-    }
-
-    /// <summary>Linear warm-up to the peak over <paramref name="warmupSteps"/> steps, then linear decay to 0 after the last step (1-based steps).</summary>
-    internal static double LearningRateAt(long step, long totalSteps, long warmupSteps, double peak)
-    {
-        if (step <= warmupSteps)
-        {
-            return peak * step / warmupSteps;
-        }
-
-        return peak * Math.Max(0, totalSteps - step + 1) / Math.Max(1, totalSteps - warmupSteps);
-    }
-
     /// <summary>Mean validation loss, and for classification the fraction of correctly predicted rows, from one forward pass per batch.</summary>
     private (double? Loss, double? Accuracy) Validate()
     {
         UsedEvalMode = true;
-        model.Model.eval();
+        model.Module.eval();
         using var sum = torch.zeros(1, ScalarType.Float64, model.Device);
         long count = 0;
         using var correct = torch.zeros(1, ScalarType.Int64, model.Device);
@@ -279,28 +223,18 @@ internal sealed class LoraTrainer
             CheckCanceled();
             using var scope = torch.NewDisposeScope();
             using var noGrad = torch.no_grad();
-            var texts = batch.Select(r => r.Text).ToArray();
-            var pairs = options.TextPairColumnName is null ? null : batch.Select(r => r.Pair ?? string.Empty).ToArray();
-            var output = model.Forward(texts, pairs);
+            var output = model.Forward(batch);
             sum.add_(Loss(output, batch).to(ScalarType.Float64) * batch.Length);
             count += batch.Length;
-            if (model.Label.Task != LoraTaskKind.Regression)
+            if (model.Label.Task.IsClassification)
             {
-                correct.add_(CorrectPredictions(output, batch));
+                correct.add_(model.Label.Task.CorrectPredictions(output, batch, model.Device));
             }
         }
 
-        model.Model.train();
-        double? accuracy = model.Label.Task == LoraTaskKind.Regression ? null : count > 0 ? correct.item<long>() / (double)count : double.NaN;
+        model.Module.train();
+        double? accuracy = !model.Label.Task.IsClassification ? null : count > 0 ? correct.item<long>() / (double)count : double.NaN;
         return (count > 0 ? sum.item<double>() / count : double.NaN, accuracy);
-    }
-
-    /// <summary>Rows whose predicted class (as <see cref="Data.PredictionValues"/> predicts it) equals their label, counted on the device.</summary>
-    private Tensor CorrectPredictions(Tensor output, TrainingRow[] batch)
-    {
-        var predicted = model.Label.Task == LoraTaskKind.BinaryClassification ? output.squeeze(1).gt(0).to(ScalarType.Int64) : output.argmax(1);
-        var targets = HostTransfer.ToDevice(torch.tensor(batch.Select(r => (long)r.Class).ToArray(), ScalarType.Int64), model.Device);
-        return predicted.eq(targets).sum();
     }
 
     private void Report(int epoch, long totalSteps, double loss, double learningRate, long rowsSeen, TimeSpan elapsed, double? validationLoss, double? validationAccuracy)
@@ -311,18 +245,5 @@ internal sealed class LoraTrainer
         MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
             $"epoch {epoch}/{options.MaxEpochs} step {Steps}/{totalSteps} loss {loss:F4} lr {learningRate:G3} {rowsPerSecond:F1} rows/s ETA {remaining:hh\\:mm\\:ss}"));
         options.Progress?.Report(report);
-    }
-
-    internal static void DisposeState(SortedDictionary<string, Tensor>? state)
-    {
-        if (state is null)
-        {
-            return;
-        }
-
-        foreach (var tensor in state.Values)
-        {
-            tensor.Dispose();
-        }
     }
 }
