@@ -24,4 +24,10 @@ internal sealed record TrainingSettings(
         o.BatchSize, o.GradientAccumulationSteps, o.MaxEpochs, o.WarmupRatio, o.LearningRate, o.WeightDecay, o.Shuffle,
         o.ShuffleBufferSize, o.GroupByLength, o.ProgressInterval, o.ClipNorm, o.EarlyStoppingPatience, o.InferenceBatchSize,
         o.LabelColumnName, o.Progress, o.CancellationToken);
+
+    /// <summary>The training settings of image fine-tuning options (no length grouping: images have no length).</summary>
+    public static TrainingSettings From(LoraImageFineTuningOptions o) => new(
+        o.BatchSize, o.GradientAccumulationSteps, o.MaxEpochs, o.WarmupRatio, o.LearningRate, o.WeightDecay, o.Shuffle,
+        o.ShuffleBufferSize, GroupByLength: false, o.ProgressInterval, o.ClipNorm, o.EarlyStoppingPatience, o.InferenceBatchSize,
+        o.LabelColumnName, o.Progress, o.CancellationToken);
 }
