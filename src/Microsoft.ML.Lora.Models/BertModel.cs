@@ -159,7 +159,7 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
         var result = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
         foreach (var (name, tensor) in state_dict())
         {
-            if (!IsLoraKey(name))
+            if (!lora.IsLoraParameterName(name))
             {
                 result[name] = tensor;
             }
@@ -180,7 +180,7 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
     internal BertModel ShareWeights()
     {
         var source = named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
-        if (source.Keys.Any(IsLoraKey))
+        if (source.Keys.Any(lora.IsLoraParameterName))
         {
             throw new InvalidOperationException("ShareWeights needs a base model without LoRA layers.");
         }
@@ -232,9 +232,6 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
             throw;
         }
     }
-
-    private static bool IsLoraKey(string name) =>
-        name.Contains(".lora_", StringComparison.Ordinal) || name.StartsWith("lora_", StringComparison.Ordinal);
 
     private void CheckInputs(Tensor input_ids, Tensor attention_mask, Tensor token_type_ids)
     {

@@ -105,7 +105,12 @@ public static partial class lora
         return (trainable, total);
     }
 
-    /// <summary>True when a dot-separated segment of <paramref name="name"/> is exactly <c>lora_A</c> or <c>lora_B</c>.</summary>
+    /// <summary>
+    /// The one answer to "is this a LoRA tensor?" for a parameter or state-dict name, used by every package: true when a
+    /// dot-separated segment of <paramref name="name"/> is exactly <c>lora_A</c> or <c>lora_B</c> (the default adapter's
+    /// factors, <c>….query.lora_A</c>, and a named adapter's, <c>….query.lora_adapters.other.lora_A</c>). The base weights,
+    /// heads and <c>modules_to_save</c> are not LoRA tensors.
+    /// </summary>
     internal static bool IsLoraParameterName(string name)
     {
         foreach (var segment in name.Split('.'))

@@ -31,4 +31,30 @@ public static class LoraCatalog
             TextColumnName = textColumnName,
             TextPairColumnName = textPairColumnName,
         });
+
+    /// <summary>
+    /// Fine-tunes a pretrained image model (ML.NET's ResNet-18 by default) with LoRA on its convolutions and a linear head;
+    /// see <see cref="LoraImageFineTuningOptions"/> for the settings and their defaults.
+    /// </summary>
+    /// <param name="catalog">The transforms catalog (<c>mlContext.Transforms</c>).</param>
+    /// <param name="options">Columns, base model, image size, adapter shape and training schedule.</param>
+    /// <returns>An estimator whose <c>Fit</c> returns a <see cref="LoraImageTransformer"/>.</returns>
+    /// <exception cref="ArgumentException">An option is invalid (the message names it).</exception>
+    public static LoraImageFineTuningEstimator LoraFineTuneImage(this TransformsCatalog catalog, LoraImageFineTuningOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        return new LoraImageFineTuningEstimator(MlNetHost.GetEnvironment(catalog), options);
+    }
+
+    /// <summary>Fine-tunes ML.NET's ResNet-18 with LoRA on an image column, using the default options.</summary>
+    /// <param name="catalog">The transforms catalog (<c>mlContext.Transforms</c>).</param>
+    /// <param name="labelColumnName">Label: key type (image classification), Boolean or Single.</param>
+    /// <param name="imageColumnName">Image column: MLImage (LoadImages) or the bytes of an encoded image (LoadRawImageBytes).</param>
+    /// <returns>An estimator whose <c>Fit</c> returns a <see cref="LoraImageTransformer"/>.</returns>
+    public static LoraImageFineTuningEstimator LoraFineTuneImage(this TransformsCatalog catalog, string labelColumnName = DefaultColumnNames.Label, string imageColumnName = "Image")
+        => LoraFineTuneImage(catalog, new LoraImageFineTuningOptions
+        {
+            LabelColumnName = labelColumnName,
+            ImageColumnName = imageColumnName,
+        });
 }

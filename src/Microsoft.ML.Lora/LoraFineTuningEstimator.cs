@@ -2,6 +2,7 @@ using System.Globalization;
 using Microsoft.ML.Data;
 using Microsoft.ML.Lora.Data;
 using Microsoft.ML.Lora.Engine;
+using Microsoft.ML.Lora.Engine.Tasks;
 using Microsoft.ML.Lora.Internal;
 using Microsoft.ML.Runtime;
 
@@ -62,8 +63,8 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
         ArgumentNullException.ThrowIfNull(input);
         var host = env.Register(nameof(LoraFineTuningEstimator));
         var label = CheckTrainingSchema(input.Schema, nameof(input));
-        var training = new TrainingData(input, options.TextColumnName, options.TextPairColumnName, options.LabelColumnName, label.Task);
-        var statistics = training.ReadLabelStatistics(label.ClassCount);
+        var training = new TrainingData(input, options.TextColumnName, options.TextPairColumnName, options.LabelColumnName, label);
+        var statistics = training.ReadLabelStatistics();
         training.Validate(statistics, nameof(input));
 
         TrainingData? validation = null;
@@ -76,18 +77,16 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
                     $"The validation label column '{options.LabelColumnName}' has type {options.ValidationSet.Schema[options.LabelColumnName].Type}; expected {input.Schema[options.LabelColumnName].Type} as in the training data.");
             }
 
-            validation = new TrainingData(options.ValidationSet, options.TextColumnName, options.TextPairColumnName, options.LabelColumnName, label.Task);
+            validation = new TrainingData(options.ValidationSet, options.TextColumnName, options.TextPairColumnName, options.LabelColumnName, label);
         }
 
         int seed = MlNetHost.GetSeed(env) ?? host.Rand.Next();
         var device = DeviceResolver.Resolve(env);
         var peft = options.InitialPeftAdapter is null ? null : PeftStart.ReadConfig(options.InitialPeftAdapter);
+        var scaling = label.Task.Scaling(statistics);
         var settings = new AdapterSettings(peft?.r ?? options.Rank, peft?.lora_alpha ?? options.Alpha, options.Dropout,
             peft?.target_modules?.ToList() ?? options.TargetModules.ToList(), peft?.use_rslora ?? options.UseRsLora,
-            options.Pooling, options.MaxSequenceLength,
-            label.Task == LoraTaskKind.Regression ? (float)statistics.Mean : 0f,
-            label.Task == LoraTaskKind.Regression ? (float)statistics.StandardDeviation : 1f,
-            options.Truncation, options.InferenceWindowStride);
+            options.Pooling, options.MaxSequenceLength, scaling.Mean, scaling.Scale, options.Truncation, options.InferenceWindowStride);
 
         using var channel = host.Start("LoraFineTuning");
         if (statistics.Skipped > 0)
@@ -120,7 +119,14 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             }
 
             model.Model.Bert.GradientCheckpointing = options.GradientCheckpointing;
-            var trainer = new LoraTrainer(env, channel, options, model, training, validation, seed);
+            // Rows are tokenized once (while their token ids fit TokenCacheBytes); the validation rows get what the
+            // training rows left of that bound.
+            bool hasPair = options.TextPairColumnName is not null;
+            var trainingTokens = new TokenCache(training.Rows, row => model.Encode(row, hasPair), () => options.TokenCacheBytes,
+                options.TokenCacheBytes, settings.MaxSequenceLength, settings.Truncation);
+            var validationTokens = validation is null ? null : new TokenCache(validation.Rows, row => model.Encode(row, hasPair),
+                () => options.TokenCacheBytes - trainingTokens.Bytes, options.TokenCacheBytes, settings.MaxSequenceLength, settings.Truncation);
+            var trainer = new LoraTrainer<TokenizedRow>(env, channel, TrainingSettings.From(options), model, trainingTokens, validationTokens, seed);
             var best = trainer.Train(statistics.Rows);
             if (!mergedCopy)
             {
@@ -182,33 +188,10 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             CheckTextShape(inputSchema, options.TextPairColumnName, "text pair");
         }
 
-        var scalar = SchemaShape.Column.VectorKind.Scalar;
-        if (label.IsKey && label.Kind == scalar)
-        {
-            var slotNames = MlNetHost.Column(AnnotationUtils.Kinds.SlotNames, SchemaShape.Column.VectorKind.Vector, TextDataViewType.Instance, false);
-            var keyValues = label.Annotations.FirstOrDefault(c => c.Name == AnnotationUtils.Kinds.KeyValues);
-            bool hasKeyValues = keyValues.Name is not null;
-            columns[options.ScoreColumnName] = MlNetHost.Column(options.ScoreColumnName, SchemaShape.Column.VectorKind.Vector, NumberDataViewType.Single, false,
-                hasKeyValues ? new SchemaShape([slotNames]) : null);
-            columns[options.PredictedLabelColumnName] = MlNetHost.Column(options.PredictedLabelColumnName, scalar, NumberDataViewType.UInt32, true,
-                hasKeyValues ? new SchemaShape([keyValues]) : null);
-        }
-        else if (label.Kind == scalar && label.ItemType == BooleanDataViewType.Instance)
-        {
-            columns[options.ScoreColumnName] = MlNetHost.Column(options.ScoreColumnName, scalar, NumberDataViewType.Single, false);
-            columns[options.ProbabilityColumnName] = MlNetHost.Column(options.ProbabilityColumnName, scalar, NumberDataViewType.Single, false);
-            columns[options.PredictedLabelColumnName] = MlNetHost.Column(options.PredictedLabelColumnName, scalar, BooleanDataViewType.Instance, false);
-        }
-        else if (label.Kind == scalar && label.ItemType == NumberDataViewType.Single)
-        {
-            columns[options.ScoreColumnName] = MlNetHost.Column(options.ScoreColumnName, scalar, NumberDataViewType.Single, false);
-        }
-        else
-        {
-            throw new ArgumentOutOfRangeException(nameof(inputSchema),
-                $"Label column '{options.LabelColumnName}' has type {Describe(label)}; expected a key type (multiclass: use MapValueToKey), Boolean (binary) or Single (regression).");
-        }
-
+        var task = LoraTask.FromLabelShape(label)
+            ?? throw new ArgumentOutOfRangeException(nameof(inputSchema),
+                $"Label column '{options.LabelColumnName}' has type {Describe(label)}; expected {LoraTask.ExpectedLabelTypes}.");
+        task.AddOutputShape(columns, Columns, label);
         return new SchemaShape(columns.Values);
     }
 

@@ -36,13 +36,11 @@ namespace Microsoft.ML.Lora;
 /// </remarks>
 public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
 {
-    private readonly Lock gate = new();
-    private int references = 1;     // the owner's, the engines' and the open cursors'
-    private int engineReferences;   // taken by GetRowToRowMapper, released by an engine's Dispose call
-    private bool ownerDisposed;
+    private readonly ModelLifetime lifetime;
 
     internal LoraTransformer(LoraTextModel model, ColumnNames columns, int inferenceBatchSize)
     {
+        lifetime = new ModelLifetime(model, this);
         Model = model;
         Columns = columns;
         InferenceBatchSize = inferenceBatchSize;
@@ -96,7 +94,7 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     internal IHostEnvironment? Environment { get; init; }
 
     /// <summary>The task, from the label column's type at training time.</summary>
-    public LoraTaskKind Task => Model.Label.Task;
+    public LoraTaskKind Task => Model.Label.Kind;
 
     /// <summary>Number of trained parameters (LoRA matrices and head).</summary>
     public long TrainableParameterCount => Model.TrainableParameterCount;
@@ -130,13 +128,7 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     {
         ArgumentNullException.ThrowIfNull(inputSchema);
         var mapper = new LoraRowMapper(this, inputSchema);
-        lock (gate)
-        {
-            ObjectDisposedException.ThrowIf(ownerDisposed, this);
-            references++;
-            engineReferences++;
-        }
-
+        lifetime.AddEngineReference();
         return mapper;
     }
 
@@ -163,7 +155,7 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
             var (tensors, metadata) = SafeTensors.Read(Path.Combine(staging, PeftAdapter.WeightsFileName));
             try
             {
-                var (weight, bias) = HuggingFaceHead.ToHuggingFace(Task, Model.Settings, tensors[HuggingFaceHead.WeightKey], tensors[HuggingFaceHead.BiasKey]);
+                var (weight, bias) = HuggingFaceHead.ToHuggingFace(Model.Label.Task, Model.Scaling, tensors[HuggingFaceHead.WeightKey], tensors[HuggingFaceHead.BiasKey]);
                 tensors[HuggingFaceHead.WeightKey].Dispose();
                 tensors[HuggingFaceHead.BiasKey].Dispose();
                 tensors[HuggingFaceHead.WeightKey] = weight;
@@ -201,11 +193,7 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     public IDataView Transform(IDataView input)
     {
         ArgumentNullException.ThrowIfNull(input);
-        lock (gate)
-        {
-            ObjectDisposedException.ThrowIf(ownerDisposed, this);
-        }
-
+        lifetime.ThrowIfOwnerDisposed();
         return new LoraDataView(input, this, GroupByLength);
     }
 
@@ -251,33 +239,17 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     void ITextScorer.ReleaseReference() => ReleaseReference();
 
     /// <summary>True once the native memory is freed (no owner, engine or cursor holds the model any more).</summary>
-    internal bool IsReleased
-    {
-        get
-        {
-            lock (gate)
-            {
-                return references == 0;
-            }
-        }
-    }
+    internal bool IsReleased => lifetime.IsReleased;
 
     /// <summary>Takes a reference for a cursor that computes predictions.</summary>
     /// <exception cref="ObjectDisposedException">The transformer was disposed.</exception>
-    internal void AddReference()
-    {
-        lock (gate)
-        {
-            ObjectDisposedException.ThrowIf(ownerDisposed || references == 0, this);
-            references++;
-        }
-    }
+    internal void AddReference() => lifetime.AddReference();
 
     /// <summary>Releases a reference taken by <see cref="AddReference"/>.</summary>
     internal void ReleaseReference()
     {
         LogTruncation();
-        Release(fromEngine: false, cursor: true);
+        lifetime.ReleaseReference();
     }
 
     /// <summary>
@@ -299,11 +271,7 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     void ICanSaveModel.Save(ModelSaveContext ctx)
     {
         // Saving is the owner's act: after the owner's Dispose it fails clearly (engines may still hold the tensors).
-        lock (gate)
-        {
-            ObjectDisposedException.ThrowIf(ownerDisposed, this);
-        }
-
+        lifetime.ThrowIfOwnerDisposed();
         LoraModelFile.Save(this, ctx);
     }
 
@@ -312,54 +280,5 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     /// made by a <c>PredictionEngine</c> being disposed releases that engine's reference instead. The native memory is
     /// freed when the owner, every engine and every open cursor have let go (see the remarks).
     /// </summary>
-    public void Dispose() => Release(fromEngine: engineReferences > 0 && CalledByPredictionEngine(), cursor: false);
-
-    private void Release(bool fromEngine, bool cursor)
-    {
-        lock (gate)
-        {
-            if (cursor)
-            {
-                // A cursor's reference.
-            }
-            else if (fromEngine && engineReferences > 0)
-            {
-                engineReferences--;
-            }
-            else if (!ownerDisposed)
-            {
-                ownerDisposed = true;
-            }
-            else
-            {
-                return;
-            }
-
-            if (references == 0 || --references > 0)
-            {
-                return;
-            }
-        }
-
-        Model.Dispose();
-    }
-
-    /// <summary>
-    /// Whether this call comes from ML.NET's <c>PredictionEngine</c> disposing itself (directly, or through a
-    /// <c>TransformerChain</c> it owns). ML.NET gives the transformer no other sign of which engine lets go.
-    /// </summary>
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
-    private static bool CalledByPredictionEngine()
-    {
-        foreach (var frame in new System.Diagnostics.StackTrace(fNeedFileInfo: false).GetFrames())
-        {
-            var type = frame.GetMethod()?.DeclaringType;
-            if (type is { Namespace: "Microsoft.ML" } && type.Name.StartsWith("PredictionEngineBase`", StringComparison.Ordinal))
-            {
-                return true;
-            }
-        }
-
-        return false;
-    }
+    public void Dispose() => lifetime.Dispose();
 }

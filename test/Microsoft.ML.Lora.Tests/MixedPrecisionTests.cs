@@ -96,9 +96,11 @@ public sealed class MixedPrecisionTests
         var settings = new AdapterSettings(options.Rank, options.Alpha, options.Dropout, options.TargetModules.ToList(), false,
             options.Pooling, options.MaxSequenceLength, 0f, 1f);
         using var model = LoraTextModel.Create(baseModel, CPU, options.Precision, label, settings, seed: 9, mergedCopy: false);
-        var training = new TrainingData(data, "Text", null, "Label", LoraTaskKind.BinaryClassification);
+        var training = new TrainingData(data, "Text", null, "Label", label);
         using var channel = env.Register("test").Start("test");
-        var trainer = new LoraTrainer(env, channel, options, model, training, null, seed: 9);
+        var tokens = new TokenCache(training.Rows, row => model.Encode(row, hasPair: false), () => options.TokenCacheBytes,
+            options.TokenCacheBytes, options.MaxSequenceLength, options.Truncation);
+        var trainer = new LoraTrainer<TokenizedRow>(env, channel, TrainingSettings.From(options), model, tokens, null, seed: 9);
 
         trainer.Train(64);
 

@@ -47,7 +47,7 @@ internal sealed record OnnxModelMetadata(
         var result = new Dictionary<string, string>(StringComparer.Ordinal)
         {
             [VersionKey] = FormatVersion.ToString(c),
-            [TaskKey] = Label.Task.ToString(),
+            [TaskKey] = Label.Kind.ToString(),
             [ClassCountKey] = Label.ClassCount.ToString(c),
             [KeyValueTypeKey] = LabelInfo.TypeName(Label.KeyValueType),
             [KeyValuesKey] = JsonSerializer.Serialize(Label.KeyValues?.ToArray() ?? []),

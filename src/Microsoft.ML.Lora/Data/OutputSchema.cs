@@ -10,29 +10,7 @@ internal static class OutputSchema
     public static List<(string Name, DataViewType Type, DataViewSchema.Annotations Annotations)> Columns(ColumnNames names, LabelInfo label)
     {
         var result = new List<(string, DataViewType, DataViewSchema.Annotations)>();
-        switch (label.Task)
-        {
-            case LoraTaskKind.MulticlassClassification:
-            {
-                var scoreAnnotations = new DataViewSchema.Annotations.Builder();
-                label.AddSlotNames(scoreAnnotations);
-                result.Add((names.Score, new VectorDataViewType(NumberDataViewType.Single, label.ClassCount), scoreAnnotations.ToAnnotations()));
-                var keyAnnotations = new DataViewSchema.Annotations.Builder();
-                label.AddKeyValues(keyAnnotations);
-                result.Add((names.PredictedLabel, label.PredictedKeyType, keyAnnotations.ToAnnotations()));
-                break;
-            }
-
-            case LoraTaskKind.BinaryClassification:
-                result.Add((names.Score, NumberDataViewType.Single, DataViewSchema.Annotations.Empty));
-                result.Add((names.Probability, NumberDataViewType.Single, DataViewSchema.Annotations.Empty));
-                result.Add((names.PredictedLabel, BooleanDataViewType.Instance, DataViewSchema.Annotations.Empty));
-                break;
-            default:
-                result.Add((names.Score, NumberDataViewType.Single, DataViewSchema.Annotations.Empty));
-                break;
-        }
-
+        label.Task.AddOutputColumns(result, names, label);
         return result;
     }
 

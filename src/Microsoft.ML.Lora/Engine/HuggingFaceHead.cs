@@ -1,8 +1,8 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Microsoft.ML.Lora.Engine.Tasks;
 using Microsoft.ML.Lora.Models;
-using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Engine;
@@ -30,30 +30,13 @@ internal static class HuggingFaceHead
 
     public const string BiasKey = "base_model.model.classifier.bias";
 
-    /// <summary>Our head tensors → Hugging Face's (new tensors).</summary>
-    public static (Tensor Weight, Tensor Bias) ToHuggingFace(LoraTaskKind task, AdapterSettings settings, Tensor weight, Tensor bias)
-    {
-        using var noGrad = no_grad();
-        return task switch
-        {
-            LoraTaskKind.BinaryClassification => (cat([zeros_like(weight), weight], 0), cat([zeros_like(bias), bias], 0)),
-            LoraTaskKind.Regression => (weight.mul(settings.LabelScale), bias.mul(settings.LabelScale).add(settings.LabelMean)),
-            _ => (weight.clone(), bias.clone()),
-        };
-    }
+    /// <summary>Our head tensors → Hugging Face's (new tensors); the task knows the conversion.</summary>
+    public static (Tensor Weight, Tensor Bias) ToHuggingFace(LoraTask task, LabelScaling scaling, Tensor weight, Tensor bias) =>
+        task.HeadToHuggingFace(weight, bias, scaling);
 
     /// <summary>Hugging Face's head tensors → ours (new tensors); a head already in our binary form ([1, H]) is kept.</summary>
-    public static (Tensor Weight, Tensor Bias) FromHuggingFace(LoraTaskKind task, AdapterSettings settings, Tensor weight, Tensor bias)
-    {
-        using var noGrad = no_grad();
-        return task switch
-        {
-            LoraTaskKind.BinaryClassification when weight.shape[0] == 2 =>
-                (weight[1].sub(weight[0]).unsqueeze(0), bias[1].sub(bias[0]).unsqueeze(0)),
-            LoraTaskKind.Regression => (weight.div(settings.LabelScale), bias.sub(settings.LabelMean).div(settings.LabelScale)),
-            _ => (weight.clone(), bias.clone()),
-        };
-    }
+    public static (Tensor Weight, Tensor Bias) FromHuggingFace(LoraTask task, LabelScaling scaling, Tensor weight, Tensor bias) =>
+        task.HeadFromHuggingFace(weight, bias, scaling);
 
     /// <summary>
     /// What a Python user needs besides the adapter: the keyword arguments of
@@ -62,12 +45,7 @@ internal static class HuggingFaceHead
     /// </summary>
     public static string Describe(LabelInfo label, AdapterSettings settings, bool basePooler)
     {
-        string[] names = label.Task switch
-        {
-            LoraTaskKind.BinaryClassification => ["False", "True"],
-            LoraTaskKind.Regression => ["LABEL_0"],
-            _ => label.KeyValues?.ToArray() ?? Enumerable.Range(0, label.ClassCount).Select(i => string.Create(CultureInfo.InvariantCulture, $"LABEL_{i}")).ToArray(),
-        };
+        string[] names = label.Task.HuggingFaceLabelNames(label);
         var id2label = new JsonObject();
         var label2id = new JsonObject();
         for (int i = 0; i < names.Length; i++)
@@ -83,7 +61,7 @@ internal static class HuggingFaceHead
             ["num_labels"] = names.Length,
             ["id2label"] = id2label,
             ["label2id"] = label2id,
-            ["problem_type"] = label.Task == LoraTaskKind.Regression ? "regression" : "single_label_classification",
+            ["problem_type"] = label.Task.HuggingFaceProblemType,
             ["pooling"] = settings.Pooling == PoolingMode.Mean ? "mean" : basePooler ? "cls_pooler" : "cls",
             ["max_sequence_length"] = settings.MaxSequenceLength,
             ["huggingface_compatible"] = huggingFacePooling,

@@ -1,5 +1,6 @@
 using System.Globalization;
 using Microsoft.ML.Data;
+using Microsoft.ML.Lora.Engine.Tasks;
 
 namespace Microsoft.ML.Lora.Engine;
 
@@ -9,7 +10,7 @@ namespace Microsoft.ML.Lora.Engine;
 /// </summary>
 internal sealed class LabelInfo
 {
-    private LabelInfo(LoraTaskKind task, int classCount, DataViewType? keyValueType, string[]? keyValues)
+    private LabelInfo(LoraTask task, int classCount, DataViewType? keyValueType, string[]? keyValues)
     {
         Task = task;
         ClassCount = classCount;
@@ -17,13 +18,17 @@ internal sealed class LabelInfo
         KeyValues = keyValues;
     }
 
-    public LoraTaskKind Task { get; }
+    /// <summary>The task: its loss, outputs and columns.</summary>
+    public LoraTask Task { get; }
+
+    /// <summary>The task's public name (recorded in model files).</summary>
+    public LoraTaskKind Kind => Task.Kind;
 
     /// <summary>Classes for multiclass (the key count), 2 for binary, 0 for regression.</summary>
     public int ClassCount { get; }
 
     /// <summary>Outputs of the head: the class count for multiclass, 1 otherwise (one logit or one value).</summary>
-    public int OutputCount => Task == LoraTaskKind.MulticlassClassification ? ClassCount : 1;
+    public int OutputCount => Task.OutputCount(ClassCount);
 
     /// <summary>Item type of the label's key values (text, a number type or Boolean), or null when the label had none.</summary>
     public DataViewType? KeyValueType { get; }
@@ -36,6 +41,8 @@ internal sealed class LabelInfo
     public static LabelInfo FromColumn(DataViewSchema.Column column, string parameterName)
     {
         var type = column.Type;
+        var task = LoraTask.FromLabelType(type)
+            ?? throw new ArgumentOutOfRangeException(parameterName, $"Label column '{column.Name}' has type {type}; expected {LoraTask.ExpectedLabelTypes}.");
         if (type is KeyDataViewType key)
         {
             if (key.Count < 2 || key.Count > int.MaxValue)
@@ -45,24 +52,13 @@ internal sealed class LabelInfo
             }
 
             var (valueType, values) = ReadKeyValues(column, (int)key.Count);
-            return new LabelInfo(LoraTaskKind.MulticlassClassification, (int)key.Count, valueType, values);
+            return new LabelInfo(task, (int)key.Count, valueType, values);
         }
 
-        if (type == BooleanDataViewType.Instance)
-        {
-            return new LabelInfo(LoraTaskKind.BinaryClassification, 2, null, null);
-        }
-
-        if (type == NumberDataViewType.Single)
-        {
-            return new LabelInfo(LoraTaskKind.Regression, 0, null, null);
-        }
-
-        throw new ArgumentOutOfRangeException(parameterName,
-            $"Label column '{column.Name}' has type {type}; expected a key type (multiclass: use MapValueToKey), Boolean (binary) or Single (regression).");
+        return new LabelInfo(task, task.IsClassification ? 2 : 0, null, null);
     }
 
-    public static LabelInfo Create(LoraTaskKind task, int classCount, DataViewType? keyValueType, string[]? keyValues) => new(task, classCount, keyValueType, keyValues);
+    public static LabelInfo Create(LoraTaskKind task, int classCount, DataViewType? keyValueType, string[]? keyValues) => new(LoraTask.For(task), classCount, keyValueType, keyValues);
 
     /// <summary>The name a model file records for a key value type: "", "Text", "Boolean" or the number type's name.</summary>
     public static string TypeName(DataViewType? type) => type switch

@@ -1,5 +1,6 @@
 using System.Globalization;
 using Microsoft.ML.Lora.Data;
+using Microsoft.ML.Lora.Engine.Tasks;
 using Microsoft.ML.Lora.Models;
 using Microsoft.ML.Lora.Models.Onnx;
 using TorchSharp;
@@ -11,11 +12,12 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Lora.Engine;
 
 /// <summary>
-/// A pretrained BERT encoder with LoRA adapters injected and a task head, its tokenizer and its device. The encoder's
+/// The text model family: a pretrained BERT encoder with LoRA adapters injected and a task head, its tokenizer and its
+/// device; rows of text (and pairs) become token tensors here, and nowhere else. The encoder's
 /// weights are a shared base from <see cref="BaseModelCache"/> (aliased, never changed); the model owns its LoRA
 /// factors and head and one lease on the base. Inference (<see cref="Predict"/>) is thread-safe once the model is in eval mode.
 /// </summary>
-internal sealed class LoraTextModel : IDisposable
+internal sealed class LoraTextModel : ILoraModel<TokenizedRow>
 {
     private readonly BaseModelCache.Lease baseModel;
     private bool disposed;
@@ -36,6 +38,11 @@ internal sealed class LoraTextModel : IDisposable
     }
 
     public BertForSequenceClassification Model { get; }
+
+    nn.Module ILoraModel<TokenizedRow>.Module => Model;
+
+    /// <summary>The regression label standardisation (identity for classification).</summary>
+    public LabelScaling Scaling => new(Settings.LabelMean, Settings.LabelScale);
 
     public BertTextTokenizer Tokenizer => baseModel.Base.Tokenizer;
 
@@ -184,6 +191,24 @@ internal sealed class LoraTextModel : IDisposable
     /// <summary>What truncation cut in the texts this model scored since the last <see cref="TruncationCounts.TakeAndReset"/>.</summary>
     public TruncationCounts ScoredTruncation { get; } = new();
 
+    /// <summary>Tokenizes a training row with the model's maximum length and truncation (tokenized once, see <see cref="TokenCache"/>).</summary>
+    /// <param name="row">The row.</param>
+    /// <param name="hasPair">Whether the model reads a text pair column (a row's missing pair then reads as empty).</param>
+    public EncodedRow Encode(TrainingRow row, bool hasPair) =>
+        Tokenizer.EncodeRow(row.Text, hasPair ? row.Pair ?? string.Empty : null, Settings.MaxSequenceLength, Settings.Truncation);
+
+    /// <summary>Pads a batch of tokenized training rows and runs the model.</summary>
+    public Tensor Forward(IReadOnlyList<TokenizedRow> batch) => Forward(Tokenizer.Pad(batch.Select(r => r.Tokens).ToArray()));
+
+    /// <summary>
+    /// Training batches: with length grouping, each window of <see cref="LengthGrouping.TrainingWindowBatches"/> batches is
+    /// sorted by token count, cut and shuffled (<see cref="LengthGrouping"/>); otherwise consecutive rows.
+    /// </summary>
+    public IEnumerable<TokenizedRow[]> TrainingBatches(IEnumerable<TokenizedRow> rows, int batchSize, bool groupByLength, Random random) =>
+        groupByLength
+            ? LengthGrouping.Batches(rows, batchSize, LengthGrouping.TrainingWindowBatches * batchSize, LengthGrouping.Length, random)
+            : rows.Chunk(batchSize);
+
     /// <summary>Encodes texts (and pairs) with the model's truncation and runs the model: [n, OutputCount] logits or standardised values.</summary>
     public Tensor Forward(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs) =>
         Forward(Tokenizer.Encode(texts, pairs, Settings.MaxSequenceLength, Settings.Truncation));
@@ -219,12 +244,7 @@ internal sealed class LoraTextModel : IDisposable
             ScoredTruncation.Add(texts.Count, batch.TruncatedRows, batch.SourceTokens, batch.KeptTokens);
         }
 
-        output = Label.Task switch
-        {
-            LoraTaskKind.MulticlassClassification => torch.nn.functional.softmax(output, 1),
-            LoraTaskKind.Regression => output * Settings.LabelScale + Settings.LabelMean,
-            _ => output,
-        };
+        output = Label.Task.ToScores(output, Scaling);
         return output.to(torch.CPU).contiguous().data<float>().ToArray();
     }
 
@@ -254,12 +274,7 @@ internal sealed class LoraTextModel : IDisposable
     public void ExportOnnx(Stream destination, ColumnNames columns, int inferenceBatchSize)
     {
         ObjectDisposedException.ThrowIf(disposed, this);
-        var (transform, scale, shift) = Label.Task switch
-        {
-            LoraTaskKind.MulticlassClassification => (OnnxBertExporter.OutputTransform.Softmax, 1f, 0f),
-            LoraTaskKind.Regression => (OnnxBertExporter.OutputTransform.Affine, Settings.LabelScale, Settings.LabelMean),
-            _ => (OnnxBertExporter.OutputTransform.None, 1f, 0f),
-        };
+        var (transform, scale, shift) = Label.Task.OnnxOutput(Scaling);
         var metadata = new OnnxModelMetadata(Label, columns, inferenceBatchSize, Settings.MaxSequenceLength, Tokenizer.LowerCase, Tokenizer.StripAccents, Tokenizer.VocabularyText);
         OnnxBertExporter.Export(Model, destination, transform, scale, shift, metadata.ToProperties());
     }
@@ -306,11 +321,9 @@ internal sealed class LoraTextModel : IDisposable
         }
     }
 
-    /// <summary>LoRA tensors and the classification head: the only tensors a model file holds.</summary>
+    /// <summary>LoRA tensors (<see cref="lora.IsLoraParameterName"/>) and the classification head: the only tensors a model file holds.</summary>
     public static bool IsAdapterTensor(string name) =>
-        name.EndsWith(".lora_A", StringComparison.Ordinal) || name.EndsWith(".lora_B", StringComparison.Ordinal) ||
-        name.Contains(".lora_A.", StringComparison.Ordinal) || name.Contains(".lora_B.", StringComparison.Ordinal) ||
-        name.StartsWith("classifier.", StringComparison.Ordinal);
+        lora.IsLoraParameterName(name) || name.StartsWith("classifier.", StringComparison.Ordinal);
 
     public void Dispose()
     {

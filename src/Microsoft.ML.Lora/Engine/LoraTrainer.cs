@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
 using Microsoft.ML.Lora.Internal;
-using Microsoft.ML.Lora.Models;
 using Microsoft.ML.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -12,19 +11,23 @@ namespace Microsoft.ML.Lora.Engine;
 /// The training loop: streamed, shuffled batches; AdamW on the LoRA and head parameters only; linear warm-up and decay;
 /// gradient clipping and accumulation; progress, cancellation, divergence checks and optional early stopping.
 /// </summary>
-internal sealed class LoraTrainer
+/// <remarks>
+/// The loop knows neither the task nor the model family: the loss and accuracy come from the task
+/// (<see cref="LabelInfo.Task"/>), the batches and the forward pass from the family's model (<see cref="ILoraModel{TRow}"/>).
+/// </remarks>
+/// <typeparam name="TRow">The model family's training row.</typeparam>
+internal sealed class LoraTrainer<TRow>
+    where TRow : ILabeledRow
 {
     private readonly IHostEnvironment env;
     private readonly IChannel channel;
-    private readonly LoraFineTuningOptions options;
-    private readonly LoraTextModel model;
-    private readonly TrainingData data;
-    private readonly TrainingData? validation;
+    private readonly TrainingSettings options;
+    private readonly ILoraModel<TRow> model;
+    private readonly ITrainingRows<TRow> data;
+    private readonly ITrainingRows<TRow>? validation;
     private readonly int seed;
-    private readonly TokenCache trainingTokens;
-    private TokenCache? validationTokens;
 
-    public LoraTrainer(IHostEnvironment env, IChannel channel, LoraFineTuningOptions options, LoraTextModel model, TrainingData data, TrainingData? validation, int seed)
+    public LoraTrainer(IHostEnvironment env, IChannel channel, TrainingSettings options, ILoraModel<TRow> model, ITrainingRows<TRow> data, ITrainingRows<TRow>? validation, int seed)
     {
         this.env = env;
         this.channel = channel;
@@ -33,11 +36,7 @@ internal sealed class LoraTrainer
         this.data = data;
         this.validation = validation;
         this.seed = seed;
-        trainingTokens = new TokenCache(data.Rows, Encode, options.TokenCacheBytes);
     }
-
-    /// <summary>The training rows' tokens (tests: whether they were cached, and what truncation cut).</summary>
-    internal TokenCache TrainingTokens => trainingTokens;
 
     /// <summary>Whether validation evaluated the model in eval mode (which merges and unmerges LoRA weights into the base).</summary>
     public bool UsedEvalMode { get; private set; }
@@ -79,8 +78,8 @@ internal sealed class LoraTrainer
         for (int epoch = 1; epoch <= options.MaxEpochs; epoch++)
         {
             CheckCanceled();
-            model.Model.train();
-            var rows = trainingTokens.Rows();
+            model.Module.train();
+            var rows = data.Rows();
             if (options.Shuffle)
             {
                 // Not HashCode.Combine: it is randomised per process, and the order must be the same in every run.
@@ -92,10 +91,7 @@ internal sealed class LoraTrainer
             int pending = 0;
             double learningRate = options.LearningRate;
             optimizer.zero_grad();
-            var batches = options.GroupByLength
-                ? LengthGrouping.Batches(rows, options.BatchSize, LengthGrouping.TrainingWindowBatches * options.BatchSize, LengthGrouping.Length,
-                    new Random(unchecked((seed * 1_000_003) + epoch + 0x5bd1e995)))
-                : rows.Chunk(options.BatchSize);
+            var batches = model.TrainingBatches(rows, options.BatchSize, options.GroupByLength, new Random(unchecked((seed * 1_000_003) + epoch + 0x5bd1e995)));
             foreach (var batch in batches)
             {
                 CheckCanceled();
@@ -127,7 +123,11 @@ internal sealed class LoraTrainer
 
             if (epoch == 1)
             {
-                LogTokens();
+                // What the family's rows have to say after their first complete pass (text: truncation and token cache).
+                foreach (string message in data.FirstPassSummary())
+                {
+                    MlNetHost.Info(channel, message);
+                }
             }
 
             double lastIntervalLoss = intervalRows > 0 ? ReadLoss(intervalLoss, intervalRows, epoch, intervalFirstStep, learningRate) : double.NaN;
@@ -145,7 +145,7 @@ internal sealed class LoraTrainer
                 if (v < bestValidation)
                 {
                     bestValidation = v;
-                    DisposeState(best);
+                    LoraTrainer.DisposeState(best);
                     best = model.AdapterState();
                     epochsWithoutImprovement = 0;
                 }
@@ -162,30 +162,6 @@ internal sealed class LoraTrainer
             .SelectMany(state => new[] { state.exp_avg, state.exp_avg_sq }).Where(t => t is not null).Select(t => t.dtype).ToHashSet();
         return best;
     }
-
-    /// <summary>Tokenizes a row with the model's maximum length and truncation (a pair column's null reads as empty).</summary>
-    private EncodedRow Encode(TrainingRow row) =>
-        model.Tokenizer.EncodeRow(row.Text, options.TextPairColumnName is null ? null : row.Pair ?? string.Empty, options.MaxSequenceLength, options.Truncation);
-
-    /// <summary>After the first epoch: what truncation cut, and whether the tokens are cached for the next epochs.</summary>
-    private void LogTokens()
-    {
-        if (trainingTokens.Counts is { } counts)
-        {
-            MlNetHost.Info(channel, counts.Describe("Fit", options.MaxSequenceLength, options.Truncation, windowStride: 0));
-        }
-
-        string bound = $"{Size(options.TokenCacheBytes)} ({nameof(LoraFineTuningOptions.TokenCacheBytes)})";
-        MlNetHost.Info(channel, trainingTokens.IsCached
-            ? $"Token cache: the rows' token ids ({Size(trainingTokens.Bytes)} of {bound}) are kept; later epochs do not tokenize again."
-            : trainingTokens.Overflowed
-                ? $"Token cache off: the rows' token ids need more than {bound}; every epoch streams and tokenizes the rows again."
-                : $"Token cache off ({nameof(LoraFineTuningOptions.TokenCacheBytes)} is 0): every epoch streams and tokenizes the rows again.");
-    }
-
-    private static string Size(long bytes) => bytes >= 1024 * 1024
-        ? string.Create(CultureInfo.InvariantCulture, $"{bytes / (1024.0 * 1024.0):0.#} MiB")
-        : string.Create(CultureInfo.InvariantCulture, $"{bytes / 1024.0:0.#} KiB");
 
     /// <summary>Mean loss from a device-side sum (one device-to-host read); throws if training diverged since step <paramref name="firstStep"/>.</summary>
     private double ReadLoss(Tensor sum, long rows, int epoch, long firstStep, double learningRate)
@@ -209,11 +185,11 @@ internal sealed class LoraTrainer
     }
 
     /// <summary>Forward and backward of one batch; adds loss × rows to each of <paramref name="sums"/> on the device (no host read).</summary>
-    private void ForwardBackward(TokenizedRow[] batch, params Tensor[] sums)
+    private void ForwardBackward(TRow[] batch, params Tensor[] sums)
     {
         using var scope = torch.NewDisposeScope();
-        var output = model.Forward(model.Tokenizer.Pad(batch.Select(r => r.Tokens).ToArray()));
-        var loss = Loss(output, batch.Select(r => r.Row).ToArray());
+        var output = model.Forward(batch);
+        var loss = Loss(output, batch);
         (loss / options.GradientAccumulationSteps).backward();
         var weighted = loss.detach().to(ScalarType.Float64) * batch.Length;
         foreach (var sum in sums)
@@ -222,35 +198,12 @@ internal sealed class LoraTrainer
         }
     }
 
-    private Tensor Loss(Tensor output, TrainingRow[] batch)
-    {
-        switch (model.Label.Task)
-        {
-            case LoraTaskKind.MulticlassClassification:
-            {
-                var targets = HostTransfer.ToDevice(torch.tensor(batch.Select(r => (long)r.Class).ToArray(), ScalarType.Int64), model.Device);
-                return torch.nn.functional.cross_entropy(output, targets);
-            }
-
-            case LoraTaskKind.BinaryClassification:
-            {
-                var targets = HostTransfer.ToDevice(torch.tensor(batch.Select(r => (float)r.Class).ToArray(), ScalarType.Float32), model.Device);
-                return torch.nn.functional.binary_cross_entropy_with_logits(output.squeeze(1), targets);
-            }
-
-            default:
-            {
-                var settings = model.Settings;
-                var targets = HostTransfer.ToDevice(torch.tensor(batch.Select(r => (r.Value - settings.LabelMean) / settings.LabelScale).ToArray(), ScalarType.Float32), model.Device);
-                return torch.nn.functional.mse_loss(output.squeeze(1), targets);
-            }
-        }
-    }
+    private Tensor Loss(Tensor output, TRow[] batch) => model.Label.Task.Loss(output, batch, model.Scaling, model.Device);
 
     private double Step(torch.optim.Optimizer optimizer, List<TorchSharp.Modules.Parameter> parameters, long totalSteps, long warmupSteps)
     {
         Steps++;
-        double lr = LearningRateAt(Steps, totalSteps, warmupSteps, options.LearningRate);
+        double lr = LoraTrainer.LearningRateAt(Steps, totalSteps, warmupSteps, options.LearningRate);
         foreach (var group in optimizer.ParamGroups)
         {
             group.LearningRate = lr;
@@ -258,7 +211,7 @@ internal sealed class LoraTrainer
 
         if (options.ClipNorm > 0)
         {
-            ClipGradientNorm(parameters, options.ClipNorm);
+            LoraTrainer.ClipGradientNorm(parameters, options.ClipNorm);
         }
 
         optimizer.step();
@@ -266,76 +219,31 @@ internal sealed class LoraTrainer
         return lr;
     }
 
-    /// <summary>
-    /// Scales the gradients so that their global L2 norm is at most <paramref name="maxNorm"/>, as
-    /// <c>torch.nn.utils.clip_grad_norm_</c> (coefficient maxNorm / (norm + 1e-6), at most 1), but on the device: TorchSharp's
-    /// clip_grad_norm_ returns the norm as a double, a device-to-host read every optimizer step.
-    /// </summary>
-    internal static void ClipGradientNorm(IReadOnlyList<TorchSharp.Modules.Parameter> parameters, double maxNorm)
-    {
-        using var scope = torch.NewDisposeScope();
-        using var noGrad = torch.no_grad();
-        var grads = parameters.Select(p => p.grad).Where(g => g is not null).Select(g => g!).ToList();
-        if (grads.Count == 0)
-        {
-            return;
-        }
-
-        var norms = torch.stack(grads.Select(g => torch.linalg.vector_norm(g).to(ScalarType.Float32)));
-        var coefficient = (maxNorm / (torch.linalg.vector_norm(norms) + 1e-6)).clamp_max(1.0);
-        foreach (var grad in grads)
-        {
-            grad.mul_(coefficient.to(grad.dtype));
-        }
-    }
-
-    /// <summary>Linear warm-up to the peak over <paramref name="warmupSteps"/> steps, then linear decay to 0 after the last step (1-based steps).</summary>
-    internal static double LearningRateAt(long step, long totalSteps, long warmupSteps, double peak)
-    {
-        if (step <= warmupSteps)
-        {
-            return peak * step / warmupSteps;
-        }
-
-        return peak * Math.Max(0, totalSteps - step + 1) / Math.Max(1, totalSteps - warmupSteps);
-    }
-
     /// <summary>Mean validation loss, and for classification the fraction of correctly predicted rows, from one forward pass per batch.</summary>
     private (double? Loss, double? Accuracy) Validate()
     {
         UsedEvalMode = true;
-        model.Model.eval();
+        model.Module.eval();
         using var sum = torch.zeros(1, ScalarType.Float64, model.Device);
         long count = 0;
         using var correct = torch.zeros(1, ScalarType.Int64, model.Device);
-        // The validation rows share the token cache's bound with the training rows (whatever those left of it).
-        validationTokens ??= new TokenCache(validation!.Rows, Encode, options.TokenCacheBytes - trainingTokens.Bytes);
-        foreach (var tokenized in validationTokens.Rows().Chunk(options.InferenceBatchSize))
+        foreach (var batch in validation!.Rows().Chunk(options.InferenceBatchSize))
         {
             CheckCanceled();
             using var scope = torch.NewDisposeScope();
             using var noGrad = torch.no_grad();
-            var batch = tokenized.Select(r => r.Row).ToArray();
-            var output = model.Forward(model.Tokenizer.Pad(tokenized.Select(r => r.Tokens).ToArray()));
+            var output = model.Forward(batch);
             sum.add_(Loss(output, batch).to(ScalarType.Float64) * batch.Length);
             count += batch.Length;
-            if (model.Label.Task != LoraTaskKind.Regression)
+            if (model.Label.Task.IsClassification)
             {
-                correct.add_(CorrectPredictions(output, batch));
+                correct.add_(model.Label.Task.CorrectPredictions(output, batch, model.Device));
             }
         }
 
-        model.Model.train();
-        double? accuracy = model.Label.Task == LoraTaskKind.Regression ? null : count > 0 ? correct.item<long>() / (double)count : double.NaN;
+        model.Module.train();
+        double? accuracy = !model.Label.Task.IsClassification ? null : count > 0 ? correct.item<long>() / (double)count : double.NaN;
         return (count > 0 ? sum.item<double>() / count : double.NaN, accuracy);
-    }
-
-    /// <summary>Rows whose predicted class (as <see cref="Data.PredictionValues"/> predicts it) equals their label, counted on the device.</summary>
-    private Tensor CorrectPredictions(Tensor output, TrainingRow[] batch)
-    {
-        var predicted = model.Label.Task == LoraTaskKind.BinaryClassification ? output.squeeze(1).gt(0).to(ScalarType.Int64) : output.argmax(1);
-        var targets = HostTransfer.ToDevice(torch.tensor(batch.Select(r => (long)r.Class).ToArray(), ScalarType.Int64), model.Device);
-        return predicted.eq(targets).sum();
     }
 
     private void Report(int epoch, long totalSteps, double loss, double learningRate, long rowsSeen, TimeSpan elapsed, double? validationLoss, double? validationAccuracy)
@@ -346,18 +254,5 @@ internal sealed class LoraTrainer
         MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,
             $"epoch {epoch}/{options.MaxEpochs} step {Steps}/{totalSteps} loss {loss:F4} lr {learningRate:G3} {rowsPerSecond:F1} rows/s ETA {remaining:hh\\:mm\\:ss}"));
         options.Progress?.Report(report);
-    }
-
-    internal static void DisposeState(SortedDictionary<string, Tensor>? state)
-    {
-        if (state is null)
-        {
-            return;
-        }
-
-        foreach (var tensor in state.Values)
-        {
-            tensor.Dispose();
-        }
     }
 }

@@ -46,7 +46,7 @@ internal static class PeftStart
         {
             if (tensors.TryGetValue(HuggingFaceHead.WeightKey, out var weight) && tensors.TryGetValue(HuggingFaceHead.BiasKey, out var bias))
             {
-                var (ours, oursBias) = HuggingFaceHead.FromHuggingFace(model.Label.Task, model.Settings, weight, bias);
+                var (ours, oursBias) = HuggingFaceHead.FromHuggingFace(model.Label.Task, model.Scaling, weight, bias);
                 weight.Dispose();
                 bias.Dispose();
                 tensors[HuggingFaceHead.WeightKey] = ours;

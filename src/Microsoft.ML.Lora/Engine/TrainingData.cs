@@ -1,99 +1,32 @@
-using System.Globalization;
 using Microsoft.ML.Data;
+using Microsoft.ML.Lora.Engine.Tasks;
 
 namespace Microsoft.ML.Lora.Engine;
 
 /// <summary>
-/// Streams <see cref="TrainingRow"/>s from an <see cref="IDataView"/> cursor; rows with a missing label (key 0, or a NaN or
-/// infinite regression label) are skipped, and Fit logs how many.
+/// The text family's training rows: streams <see cref="TrainingRow"/>s from an <see cref="IDataView"/> cursor; the label is
+/// read by the task (<see cref="LoraTask.CreateLabelReader"/>), and rows with a missing label (key 0, or a NaN or infinite
+/// regression label) are skipped, and Fit logs how many.
 /// </summary>
-internal sealed class TrainingData
+internal sealed class TrainingData : ITrainingRows<TrainingRow>
 {
     private readonly IDataView data;
     private readonly string textColumn;
     private readonly string? pairColumn;
     private readonly string labelColumn;
-    private readonly LoraTaskKind task;
+    private readonly LabelInfo label;
 
-    public TrainingData(IDataView data, string textColumn, string? pairColumn, string labelColumn, LoraTaskKind task)
+    public TrainingData(IDataView data, string textColumn, string? pairColumn, string labelColumn, LabelInfo label)
     {
         this.data = data;
         this.textColumn = textColumn;
         this.pairColumn = pairColumn;
         this.labelColumn = labelColumn;
-        this.task = task;
+        this.label = label;
     }
 
     /// <summary>Reads the label column only: counts usable rows and per-class counts or the label mean and spread.</summary>
-    public LabelStatistics ReadLabelStatistics(int classCount)
-    {
-        var column = data.Schema[labelColumn];
-        using var cursor = data.GetRowCursor([column]);
-        long rows = 0, skipped = 0;
-        var counts = new long[Math.Max(classCount, 2)];
-        double sum = 0, sumSquares = 0;
-        switch (task)
-        {
-            case LoraTaskKind.MulticlassClassification:
-            {
-                var getter = cursor.GetGetter<uint>(column);
-                uint key = 0;
-                while (cursor.MoveNext())
-                {
-                    getter(ref key);
-                    if (key == 0 || key > classCount)
-                    {
-                        skipped++;
-                        continue;
-                    }
-
-                    counts[key - 1]++;
-                    rows++;
-                }
-
-                break;
-            }
-
-            case LoraTaskKind.BinaryClassification:
-            {
-                var getter = cursor.GetGetter<bool>(column);
-                bool value = false;
-                while (cursor.MoveNext())
-                {
-                    getter(ref value);
-                    counts[value ? 1 : 0]++;
-                    rows++;
-                }
-
-                break;
-            }
-
-            default:
-            {
-                var getter = cursor.GetGetter<float>(column);
-                float value = 0;
-                while (cursor.MoveNext())
-                {
-                    getter(ref value);
-                    if (!float.IsFinite(value))
-                    {
-                        skipped++;
-                        continue;
-                    }
-
-                    sum += value;
-                    sumSquares += (double)value * value;
-                    rows++;
-                }
-
-                break;
-            }
-        }
-
-        double mean = rows > 0 ? sum / rows : 0;
-        double variance = rows > 1 ? Math.Max(0, (sumSquares - rows * mean * mean) / (rows - 1)) : 0;
-        return new LabelStatistics(rows, counts, mean, Math.Sqrt(variance), skipped);
-    }
+    public LabelStatistics ReadLabelStatistics() => label.Task.ReadStatistics(data, labelColumn, label.ClassCount);
 
     /// <summary>Streams the rows in data order (one cursor pass).</summary>
     public IEnumerable<TrainingRow> Rows()
@@ -108,42 +41,13 @@ internal sealed class TrainingData
         using var cursor = data.GetRowCursor(columns);
         var textGetter = cursor.GetGetter<ReadOnlyMemory<char>>(schema[textColumn]);
         var pairGetter = pairColumn is null ? null : cursor.GetGetter<ReadOnlyMemory<char>>(schema[pairColumn]);
-        ValueGetter<uint>? keyGetter = task == LoraTaskKind.MulticlassClassification ? cursor.GetGetter<uint>(schema[labelColumn]) : null;
-        ValueGetter<bool>? boolGetter = task == LoraTaskKind.BinaryClassification ? cursor.GetGetter<bool>(schema[labelColumn]) : null;
-        ValueGetter<float>? floatGetter = task == LoraTaskKind.Regression ? cursor.GetGetter<float>(schema[labelColumn]) : null;
+        var readLabel = label.Task.CreateLabelReader(cursor, schema[labelColumn], label.ClassCount);
         ReadOnlyMemory<char> text = default, pair = default;
-        uint key = 0;
-        bool flag = false;
-        float value = 0;
         while (cursor.MoveNext())
         {
-            int cls = 0;
-            float target = 0;
-            if (keyGetter is not null)
+            if (!readLabel(out int cls, out float target))
             {
-                keyGetter(ref key);
-                if (key == 0)
-                {
-                    continue;
-                }
-
-                cls = (int)key - 1;
-            }
-            else if (boolGetter is not null)
-            {
-                boolGetter(ref flag);
-                cls = flag ? 1 : 0;
-                target = cls;
-            }
-            else
-            {
-                floatGetter!(ref value);
-                if (!float.IsFinite(value))
-                {
-                    continue;
-                }
-
-                target = value;
+                continue;
             }
 
             textGetter(ref text);
@@ -158,34 +62,9 @@ internal sealed class TrainingData
         }
     }
 
-    /// <summary>Checks that training can start: rows present, at least two classes, a label that varies.</summary>
+    /// <summary>Checks that training can start: rows present, and what the task needs (two classes, a label that varies).</summary>
     /// <exception cref="ArgumentException">Names the data, the label column and what is wrong.</exception>
-    public void Validate(LabelStatistics statistics, string parameterName)
-    {
-        if (statistics.Rows == 0)
-        {
-            throw new ArgumentException(
-                $"The training data has no rows with a label in column '{labelColumn}'; LoRA fine-tuning needs labelled rows.", parameterName);
-        }
-
-        if (task != LoraTaskKind.Regression)
-        {
-            int present = statistics.ClassCounts.Count(c => c > 0);
-            if (present < 2)
-            {
-                int only = Array.FindIndex(statistics.ClassCounts, c => c > 0);
-                throw new ArgumentException(string.Create(CultureInfo.InvariantCulture,
-                    $"Label column '{labelColumn}' has a single class (all {statistics.Rows} rows have class index {only}); classification needs at least two classes."),
-                    parameterName);
-            }
-        }
-        else if (!(statistics.StandardDeviation > 0))
-        {
-            throw new ArgumentException(string.Create(CultureInfo.InvariantCulture,
-                $"Label column '{labelColumn}' has the same value ({statistics.Mean}) in all {statistics.Rows} rows; regression needs varying labels."),
-                parameterName);
-        }
-    }
+    public void Validate(LabelStatistics statistics, string parameterName) => label.Task.Validate(statistics, labelColumn, parameterName);
 }
 
 /// <summary>

@@ -69,7 +69,7 @@ internal static class LoraModelFile
         var label = model.Label;
         var columns = transformer.Columns;
 
-        w.Write((int)label.Task);
+        w.Write((int)label.Kind);
         w.Write(label.ClassCount);
         w.Write(LabelInfo.TypeName(label.KeyValueType));
         w.Write(label.KeyValues?.Count ?? 0);
