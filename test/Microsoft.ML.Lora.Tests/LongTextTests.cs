@@ -259,7 +259,7 @@ public sealed class LongTextTests
             return rows;
         }
 
-        var cache = new TokenCache(Source, r => tokenizer.EncodeRow(r.Text, null, 16, TruncationStrategy.Head), 1L << 20);
+        var cache = new TokenCache(Source, r => tokenizer.EncodeRow(r.Text, null, 16, TruncationStrategy.Head), () => 1L << 20, 1L << 20, 16, TruncationStrategy.Head);
         var first = cache.Rows().ToList();
         var second = cache.Rows().ToList();
         Assert.AreEqual(1, passes, "the second pass comes from memory");
@@ -269,7 +269,7 @@ public sealed class LongTextTests
         Assert.IsTrue(second.All(r => r.Row.Text.Length == 0), "the texts are not kept");
 
         // A bound smaller than the rows: every pass reads the source again.
-        var small = new TokenCache(Source, r => tokenizer.EncodeRow(r.Text, null, 16, TruncationStrategy.Head), 200);
+        var small = new TokenCache(Source, r => tokenizer.EncodeRow(r.Text, null, 16, TruncationStrategy.Head), () => 200, 200, 16, TruncationStrategy.Head);
         _ = small.Rows().ToList();
         _ = small.Rows().ToList();
         Assert.AreEqual(3, passes);
