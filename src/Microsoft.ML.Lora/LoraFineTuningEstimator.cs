@@ -118,7 +118,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
                 }
             }
 
-            model.Model.Bert.GradientCheckpointing = options.GradientCheckpointing;
+            model.Model.Bert.Recomputation = options.Recomputation;
             var trainer = new LoraTrainer(env, channel, options, model, training, validation, seed);
             var best = trainer.Train(statistics.Rows);
             if (best is null && !mergedCopy)
@@ -300,6 +300,23 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
         if (!Enum.IsDefined(o.Precision))
         {
             throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.Precision), o.Precision, "Precision must be Auto, Float32 or BFloat16.");
+        }
+
+        if (!Enum.IsDefined(o.Recomputation))
+        {
+            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.Recomputation), o.Recomputation, "Recomputation must be None, Selective or Full.");
+        }
+
+        if (o.GradientCheckpointing && o.Recomputation == Models.Recomputation.Selective)
+        {
+            throw new ArgumentException(
+                "GradientCheckpointing = true asks for full recomputation and Recomputation = Selective for selective recomputation; set one of them.",
+                nameof(LoraFineTuningOptions.Recomputation));
+        }
+
+        if (o.GradientCheckpointing)
+        {
+            o.Recomputation = Models.Recomputation.Full;
         }
 
         if (double.IsNaN(o.ClipNorm))
