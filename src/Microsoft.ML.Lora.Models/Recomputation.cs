@@ -17,8 +17,9 @@ public enum Recomputation
     /// softmax, dropout and the product with V — is computed again in the backward pass. Its saved activations are
     /// several [batch, heads, length, length] tensors per layer, the part of the memory that grows with the square of
     /// the sequence length, while its cost is a small share of the step. The feed-forward activation (GELU) is not
-    /// recomputed: with a frozen base the only tensor it keeps is the input of GELU, which is the output of the
-    /// intermediate matrix product and would be kept by a recomputation as well.
+    /// recomputed: the tensor GELU keeps is its input, the intermediate matrix product's output, which a recomputation
+    /// would keep as its input too; and where GELU's output is kept (the input of a trainable <c>output.dense</c>), it
+    /// is kept by that matrix product, so only recomputing the product as well would free it.
     /// </summary>
     Selective,
 
