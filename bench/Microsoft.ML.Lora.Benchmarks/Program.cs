@@ -16,6 +16,8 @@ for (int i = 0; i < args.Length; i++)
         case "--threads": threads = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
         case "--probe-memory": probe = args[++i]; break;
         case "--probe-serving": servingProbe = [args[++i], args[++i], args[++i]]; break;
+        case "--probe-bf16": set_num_threads(threads); Bf16Suite.Probe(quick); return;
+        case "--probe-recompute": set_num_threads(threads); RecomputeSuite.Probe(args[++i], int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture), int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture)); return;
         default: suites.Add(args[i]); break;
     }
 }
@@ -46,6 +48,8 @@ if (suites.Contains("memory")) MemorySuite.Run(report, quick);
 if (suites.Contains("serving")) ServingSuite.Run(report, repoRoot, quick);
 if (suites.Contains("images")) ImageSuite.Run(report, quick);
 if (suites.Contains("longtext")) LongTextSuite.Run(report, repoRoot, quick);
+if (suites.Contains("recompute")) RecomputeSuite.Run(report, threads, quick);
+if (suites.Contains("bf16")) Bf16Suite.Run(report, threads, quick);
 report.Note(runLoad.Summary("the whole run"));
 report.Write(threads);
 

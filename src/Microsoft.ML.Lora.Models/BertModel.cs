@@ -51,11 +51,27 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
     /// (<c>lora.checkpoint</c>; dropout masks are replayed, so gradients are those of a plain backward). Saves most
     /// of the activation memory of training for about one extra encoder forward per step. Default false. Trainable
     /// parameters inside the layers (LoRA factors, or all weights in full fine-tuning) get their gradients as usual.
+    /// The same setting as <see cref="Recomputation"/>: true is <see cref="Models.Recomputation.Full"/>, false is
+    /// <see cref="Models.Recomputation.None"/> (reads false under <see cref="Models.Recomputation.Selective"/>).
     /// </summary>
     public bool GradientCheckpointing
     {
-        get => encoder.GradientCheckpointing;
-        set => encoder.GradientCheckpointing = value;
+        get => encoder.Recomputation == Models.Recomputation.Full;
+        set => encoder.Recomputation = value ? Models.Recomputation.Full : Models.Recomputation.None;
+    }
+
+    /// <summary>
+    /// What training recomputes in the backward pass instead of keeping it (default
+    /// <see cref="Models.Recomputation.None"/>): <see cref="Models.Recomputation.Selective"/> recomputes each layer's
+    /// attention core (scores, softmax, dropout: the activations that grow with the square of the sequence length),
+    /// <see cref="Models.Recomputation.Full"/> each whole layer (<see cref="GradientCheckpointing"/>). Loss and gradients
+    /// are the same in every mode (dropout masks are replayed); eval mode and <c>no_grad</c> are not affected.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is not a defined <see cref="Models.Recomputation"/>.</exception>
+    public Recomputation Recomputation
+    {
+        get => encoder.Recomputation;
+        set => encoder.Recomputation = value;
     }
 
     /// <summary>
@@ -222,7 +238,7 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
                 throw new InvalidOperationException($"ShareWeights cannot alias [{string.Join(", ", left)}].");
             }
 
-            shared.GradientCheckpointing = false;
+            shared.Recomputation = Models.Recomputation.None;
             shared.eval();
             return shared;
         }

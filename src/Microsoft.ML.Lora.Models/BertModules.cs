@@ -66,6 +66,13 @@ internal sealed class BertSelfAttention : Module<Tensor, Tensor, Tensor>
     /// <summary>The dtype of the query projection's weight (the attention runs in it).</summary>
     public ScalarType MatmulDtype => BertModel.WeightDtype(query);
 
+    /// <summary>
+    /// Whether training with gradients on runs the attention core (scores, mask, softmax, dropout, product with V)
+    /// through <c>lora.checkpoint</c>, so that its [B, heads, T, T] activations are recomputed in the backward pass
+    /// instead of kept (<see cref="Recomputation.Selective"/>).
+    /// </summary>
+    public bool RecomputeCore { get; set; }
+
     public BertSelfAttention(BertConfig config, Device? device = null) : base("BertSelfAttention")
     {
         numHeads = config.NumAttentionHeads;
@@ -94,9 +101,17 @@ internal sealed class BertSelfAttention : Module<Tensor, Tensor, Tensor>
         var q = Heads(query);
         var k = Heads(key);
         var v = Heads(value);
-        var context = nn.functional.scaled_dot_product_attention(q, k, v, additiveMask, training ? attentionDropout : 0.0, false);
+        double dropout = training ? attentionDropout : 0.0;
+        // q, k, v and the mask are the checkpoint's inputs (kept for the recomputation); the random-number state is
+        // replayed, so the attention dropout draws the same mask again. No parameters: the core has none.
+        var context = RecomputeCore && training && is_grad_enabled()
+            ? lora.CheckpointInputs(inputs => Core(inputs[0], inputs[1], inputs[2], inputs[3], dropout), [q, k, v, additiveMask], [])
+            : Core(q, k, v, additiveMask, dropout);
         return context.transpose(1, 2).reshape(batch, length, numHeads * headSize).MoveToOuterDisposeScope();
     }
+
+    private static Tensor Core(Tensor q, Tensor k, Tensor v, Tensor additiveMask, double dropout) =>
+        nn.functional.scaled_dot_product_attention(q, k, v, additiveMask, dropout, false);
 }
 
 /// <summary>
@@ -132,6 +147,13 @@ internal sealed class BertAttention : Module<Tensor, Tensor, Tensor>
     private readonly BertResidualOutput output;
 
     public ScalarType MatmulDtype => self.MatmulDtype;
+
+    /// <summary>See <see cref="BertSelfAttention.RecomputeCore"/>.</summary>
+    public bool RecomputeCore
+    {
+        get => self.RecomputeCore;
+        set => self.RecomputeCore = value;
+    }
 
     public BertAttention(BertConfig config, Device? device = null) : base("BertAttention")
     {
@@ -182,6 +204,13 @@ internal sealed class BertLayer : Module<Tensor, Tensor, Tensor>
     /// <summary>The dtype of the query projection's weight.</summary>
     public ScalarType MatmulDtype => attention.MatmulDtype;
 
+    /// <summary>See <see cref="BertSelfAttention.RecomputeCore"/>.</summary>
+    public bool RecomputeAttentionCore
+    {
+        get => attention.RecomputeCore;
+        set => attention.RecomputeCore = value;
+    }
+
     public BertLayer(BertConfig config, Device? device = null) : base("BertLayer")
     {
         attention = new BertAttention(config, device);
@@ -212,12 +241,33 @@ internal sealed class BertEncoder : Module<Tensor, Tensor, Tensor>
     /// <summary>The dtype of the first layer's query weight: the matmul dtype of the encoder.</summary>
     public ScalarType MatmulDtype => layer.Count == 0 ? ScalarType.Float32 : layer[0].MatmulDtype;
 
-    /// <summary>Whether training runs each layer through <c>lora.checkpoint</c> (see <see cref="BertModel.GradientCheckpointing"/>).</summary>
-    public bool GradientCheckpointing { get; set; }
+    private Recomputation recomputation;
+
+    /// <summary>
+    /// What training recomputes (see <see cref="BertModel.Recomputation"/>): <see cref="Recomputation.Full"/> runs each
+    /// layer through <c>lora.checkpoint</c>, <see cref="Recomputation.Selective"/> each layer's attention core.
+    /// </summary>
+    public Recomputation Recomputation
+    {
+        get => recomputation;
+        set
+        {
+            if (!Enum.IsDefined(value))
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), value, "Expected Recomputation.None, Selective or Full.");
+            }
+
+            recomputation = value;
+            foreach (var block in layer)
+            {
+                block.RecomputeAttentionCore = value == Recomputation.Selective;
+            }
+        }
+    }
 
     public override Tensor forward(Tensor hidden, Tensor additiveMask)
     {
-        bool checkpointing = GradientCheckpointing && training && is_grad_enabled();
+        bool checkpointing = recomputation == Recomputation.Full && training && is_grad_enabled();
         Tensor current = hidden;
         foreach (var block in layer)
         {

@@ -25,7 +25,7 @@ public static partial class lora
     {
         ArgumentNullException.ThrowIfNull(function);
         ArgumentNullException.ThrowIfNull(input);
-        return Checkpoint(inputs => function(inputs[0]), [input], parameters);
+        return CheckpointInputs(inputs => function(inputs[0]), [input], parameters);
     }
 
     /// <summary>
@@ -43,10 +43,14 @@ public static partial class lora
         ArgumentNullException.ThrowIfNull(function);
         ArgumentNullException.ThrowIfNull(input1);
         ArgumentNullException.ThrowIfNull(input2);
-        return Checkpoint(inputs => function(inputs[0], inputs[1]), [input1, input2], parameters);
+        return CheckpointInputs(inputs => function(inputs[0], inputs[1]), [input1, input2], parameters);
     }
 
-    private static Tensor Checkpoint(Func<Tensor[], Tensor> function, Tensor[] inputs, IEnumerable<Tensor> parameters)
+    /// <summary>
+    /// Checkpointing of a segment with any number of inputs (the overloads above, and selective recomputation of a BERT
+    /// layer's attention core, which has four: query, key, value and mask).
+    /// </summary>
+    internal static Tensor CheckpointInputs(Func<Tensor[], Tensor> function, Tensor[] inputs, IEnumerable<Tensor> parameters)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         var trainable = parameters.Where(p => p.requires_grad).ToArray();

@@ -118,7 +118,8 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
                 }
             }
 
-            model.Model.Bert.GradientCheckpointing = options.GradientCheckpointing;
+            // GradientCheckpointing = true is the older form of Recomputation = Full (Validate refuses it with Selective).
+            model.Model.Bert.Recomputation = options.GradientCheckpointing ? Models.Recomputation.Full : options.Recomputation;
             // Rows are tokenized once (while their token ids fit TokenCacheBytes); the validation rows get what the
             // training rows left of that bound.
             bool hasPair = options.TextPairColumnName is not null;
@@ -316,6 +317,18 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             throw new ArgumentException(
                 $"InferenceWindowStride works on single texts; with TextPairColumnName '{o.TextPairColumnName}' set it must be 0 (pairs are truncated by Truncation).",
                 nameof(LoraFineTuningOptions.InferenceWindowStride));
+        }
+
+        if (!Enum.IsDefined(o.Recomputation))
+        {
+            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.Recomputation), o.Recomputation, "Recomputation must be None, Selective or Full.");
+        }
+
+        if (o.GradientCheckpointing && o.Recomputation == Models.Recomputation.Selective)
+        {
+            throw new ArgumentException(
+                "GradientCheckpointing = true asks for full recomputation and Recomputation = Selective for selective recomputation; set one of them.",
+                nameof(LoraFineTuningOptions.Recomputation));
         }
 
         if (double.IsNaN(o.ClipNorm))

@@ -126,8 +126,20 @@ public sealed class LoraFineTuningOptions
     /// forward per step for much of the activation memory — with a frozen base, activations are most of what training
     /// needs. Measured on MiniLM, batch 32 × 64 tokens, CPU (bench/README.md): peak memory above the weights 622 → 385 MiB,
     /// step time about 1.6×. Use it for long sequences, large batches or small GPUs. Default false.
+    /// The same as <see cref="Recomputation"/> = <see cref="Models.Recomputation.Full"/> (kept for existing code);
+    /// true together with <see cref="Models.Recomputation.Selective"/> is an error.
     /// </summary>
     public bool GradientCheckpointing;
+
+    /// <summary>
+    /// What training recomputes in the backward pass instead of keeping it (<see cref="Models.Recomputation"/>).
+    /// <see cref="Models.Recomputation.Selective"/> recomputes only each layer's attention core (scores, softmax,
+    /// dropout): the memory that grows with the square of <see cref="MaxSequenceLength"/>, for a small share of the step;
+    /// <see cref="Models.Recomputation.Full"/> recomputes whole layers (<see cref="GradientCheckpointing"/>). The
+    /// gradients are the same in every mode. Measured memory and step time of each mode are in bench/README.md
+    /// ("Recomputation"). Default <see cref="Models.Recomputation.None"/>.
+    /// </summary>
+    public Recomputation Recomputation = Recomputation.None;
 
     /// <summary>Maximum global L2 norm of the gradients (clipping); 0 or less disables clipping. Default 1.0.</summary>
     public double ClipNorm = 1.0;

@@ -4,11 +4,14 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.Lora.Models.Tests;
 
-/// <summary><see cref="BertModel.GradientCheckpointing"/>: the same loss and gradients as a plain backward, dropout included.</summary>
+/// <summary>
+/// <see cref="BertModel.Recomputation"/> (and its boolean form <see cref="BertModel.GradientCheckpointing"/>): the same
+/// loss and gradients as a plain backward, dropout included, and each mode recomputes what it says.
+/// </summary>
 [TestClass]
 public sealed class GradientCheckpointingTests
 {
-    private static Dictionary<string, Tensor> Gradients(bool checkpointing, bool loraOnly, out float loss)
+    private static Dictionary<string, Tensor> Gradients(Recomputation recomputation, bool loraOnly, out float loss)
     {
         var model = TestData.TinyModel(seed: 5, layers: 3);
         if (loraOnly)
@@ -21,7 +24,7 @@ public sealed class GradientCheckpointingTests
             }
         }
 
-        model.GradientCheckpointing = checkpointing;
+        model.Recomputation = recomputation;
         model.train();
         var (ids, mask, types) = TestData.TinyBatch(3);
         torch.manual_seed(17); // dropout masks (hidden, attention, LoRA) come from here
@@ -34,13 +37,15 @@ public sealed class GradientCheckpointingTests
     }
 
     [TestMethod]
-    [DataRow(true, DisplayName = "LoRA on query, value, dense")]
-    [DataRow(false, DisplayName = "full fine-tuning")]
-    public void GradientCheckpointing_TrainingWithDropout_SameLossAndGradients(bool loraOnly)
+    [DataRow(Recomputation.Full, true, DisplayName = "full checkpointing, LoRA on query, value, dense")]
+    [DataRow(Recomputation.Full, false, DisplayName = "full checkpointing, full fine-tuning")]
+    [DataRow(Recomputation.Selective, true, DisplayName = "selective recomputation, LoRA on query, value, dense")]
+    [DataRow(Recomputation.Selective, false, DisplayName = "selective recomputation, full fine-tuning")]
+    public void Recomputation_TrainingWithDropout_SameLossAndGradients(Recomputation recomputation, bool loraOnly)
     {
         using var scope = NewDisposeScope();
-        var plain = Gradients(false, loraOnly, out float plainLoss);
-        var checkpointed = Gradients(true, loraOnly, out float checkpointedLoss);
+        var plain = Gradients(Recomputation.None, loraOnly, out float plainLoss);
+        var checkpointed = Gradients(recomputation, loraOnly, out float checkpointedLoss);
 
         Assert.AreEqual(plainLoss, checkpointedLoss, 1e-5 * Math.Abs(plainLoss), "loss (same ops, same dropout masks)");
         CollectionAssert.AreEquivalent(plain.Keys.ToList(), checkpointed.Keys.ToList(), "the same parameters receive gradients");
@@ -56,20 +61,70 @@ public sealed class GradientCheckpointingTests
     }
 
     [TestMethod]
-    public void GradientCheckpointing_EvalOrNoGrad_OutputUnchanged()
+    [DataRow(Recomputation.Full)]
+    [DataRow(Recomputation.Selective)]
+    public void Recomputation_EvalOrNoGrad_OutputUnchanged(Recomputation recomputation)
     {
         using var scope = NewDisposeScope();
         var model = TestData.TinyModel(seed: 5);
         var (ids, mask, types) = TestData.TinyBatch(3);
         var plain = model.forward(ids, mask, types);
-        model.GradientCheckpointing = true;
+        model.Recomputation = recomputation;
         Assert.AreEqual(0.0, TestData.MaxAbsDiff(model.forward(ids, mask, types), plain), "eval mode runs the layers as they are");
         model.train();
         using var noGrad = no_grad();
         torch.manual_seed(1);
         var trainPlain = model.forward(ids, mask, types);
-        model.GradientCheckpointing = false;
+        model.Recomputation = Recomputation.None;
         torch.manual_seed(1);
         Assert.AreEqual(0.0, TestData.MaxAbsDiff(model.forward(ids, mask, types), trainPlain), "no_grad runs the layers as they are");
+    }
+
+    [TestMethod]
+    [DataRow(Recomputation.None, 1, DisplayName = "none: each projection runs once")]
+    [DataRow(Recomputation.Selective, 1, DisplayName = "selective: the matrix products are kept, not recomputed")]
+    [DataRow(Recomputation.Full, 2, DisplayName = "full: each layer runs again in backward")]
+    public void Recomputation_TrainingStep_RunsEachProjectionAsOftenAsTheModeSays(Recomputation recomputation, int expectedRuns)
+    {
+        using var scope = NewDisposeScope();
+        var model = TestData.TinyModel(seed: 5, layers: 2);
+        lora.inject_adapter_in_model(new LoraConfig { r = 4, lora_alpha = 8, target_modules = ["query", "value"] }, model);
+        var counts = new Dictionary<string, int>();
+        var modules = model.named_modules().Where(m => m.name.EndsWith(".query", StringComparison.Ordinal) || m.name.EndsWith(".intermediate.dense", StringComparison.Ordinal)).ToList();
+        Assert.AreEqual(4, modules.Count, "query and intermediate.dense of 2 layers");
+        foreach (var (name, module) in modules)
+        {
+            counts[name] = 0;
+            ((nn.Module<Tensor, Tensor>)module).register_forward_hook((_, _, output) =>
+            {
+                counts[name]++;
+                return output;
+            });
+        }
+
+        model.Recomputation = recomputation;
+        model.train();
+        var (ids, mask, types) = TestData.TinyBatch(3);
+        model.forward(ids, mask, types).pow(2).sum().backward();
+
+        foreach (var (name, runs) in counts)
+        {
+            Assert.AreEqual(expectedRuns, runs, $"{name}: forward runs in one training step with {recomputation}");
+        }
+    }
+
+    [TestMethod]
+    public void GradientCheckpointing_IsTheBooleanFormOfRecomputation()
+    {
+        using var model = TestData.TinyModel(seed: 5);
+        Assert.AreEqual(Recomputation.None, model.Recomputation, "default");
+        model.GradientCheckpointing = true;
+        Assert.AreEqual(Recomputation.Full, model.Recomputation);
+        model.Recomputation = Recomputation.Selective;
+        Assert.IsFalse(model.GradientCheckpointing, "selective is not full checkpointing");
+        model.GradientCheckpointing = false;
+        Assert.AreEqual(Recomputation.None, model.Recomputation);
+        var error = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => model.Recomputation = (Recomputation)7);
+        StringAssert.Contains(error.Message, "Recomputation", StringComparison.Ordinal);
     }
 }

@@ -117,24 +117,44 @@ public sealed class LoraFineTuningTests
     }
 
     [TestMethod]
-    public void Fit_GradientCheckpointing_TrainsTheSameModel()
+    [DataRow(true, Recomputation.None, DisplayName = "GradientCheckpointing = true (full)")]
+    [DataRow(false, Recomputation.Selective, DisplayName = "Recomputation = Selective")]
+    public void Fit_GradientCheckpointing_TrainsTheSameModel(bool gradientCheckpointing, Recomputation recomputation)
     {
-        // Same seed, same data: checkpointing recomputes the layers (replaying dropout) instead of keeping activations, so
-        // training follows the same path. Tolerance: float32 reordering in the recomputed backward, compounded over 3 epochs.
+        // Same seed, same data: checkpointing recomputes the layers or their attention cores (replaying dropout) instead
+        // of keeping activations, so training follows the same path. Tolerance: float32 reordering in the recomputed
+        // backward, compounded over 3 epochs.
         var data = context.Data.LoadFromEnumerable(TinyBert.Sentences(48, 3, 9).Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
-        float[] Scores(bool checkpointing)
+        float[] Scores(bool checkpointing, Recomputation mode)
         {
             var options = FastOptions(baseModel);
             options.MaxEpochs = 3;
             options.GradientCheckpointing = checkpointing;
+            options.Recomputation = mode;
             using var model = new MLContext(seed: 4).Transforms.LoraFineTune(options).Fit(data);
             return model.Transform(data).GetColumn<float>("Score").ToArray();
         }
 
-        var plain = Scores(false);
-        var checkpointed = Scores(true);
+        var plain = Scores(false, Recomputation.None);
+        var checkpointed = Scores(gradientCheckpointing, recomputation);
         Assert.IsGreaterThan(0.1, plain.Max() - plain.Min(), "the model learned something (scores spread)");
         CollectionAssert.AreEqual(plain, checkpointed, new Tolerance(1e-4f));
+    }
+
+    [TestMethod]
+    public void Options_GradientCheckpointingWithSelectiveOrUndefinedRecomputation_ThrowsNamingRecomputation()
+    {
+        var both = FastOptions(baseModel);
+        both.GradientCheckpointing = true;
+        both.Recomputation = Recomputation.Selective;
+        var conflict = Assert.Throws<ArgumentException>(() => context.Transforms.LoraFineTune(both));
+        Assert.AreEqual(nameof(LoraFineTuningOptions.Recomputation), conflict.ParamName);
+        StringAssert.Contains(conflict.Message, "GradientCheckpointing", StringComparison.Ordinal);
+
+        var undefined = FastOptions(baseModel);
+        undefined.Recomputation = (Recomputation)9;
+        var error = Assert.Throws<ArgumentOutOfRangeException>(() => context.Transforms.LoraFineTune(undefined));
+        Assert.AreEqual(nameof(LoraFineTuningOptions.Recomputation), error.ParamName);
     }
 
     [TestMethod]
