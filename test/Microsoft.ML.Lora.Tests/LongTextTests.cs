@@ -92,7 +92,7 @@ public sealed class LongTextTests
         long source = lengths.Sum(), cut = lengths.Sum(n => Math.Max(0, n - 14));
         Assert.AreEqual(10, cutRows);
         string expected = string.Create(CultureInfo.InvariantCulture,
-            $"Fit: 10 of 40 rows (25 %) were longer than MaxSequenceLength 16 tokens; Head truncation cut {cut} of {source} word pieces ({100.0 * cut / source:0.##} %).");
+            $"Fit: 10 of 40 rows (25 %) were longer than MaxSequenceLength 16 tokens; HeadTail truncation cut {cut} of {source} word pieces ({100.0 * cut / source:0.##} %).");
         Assert.AreEqual(1, log.Count(m => m.EndsWith("] " + expected, StringComparison.Ordinal)), string.Join(Environment.NewLine, log));
         Assert.AreEqual(1, log.Count(m => m.Contains("] Token cache: the rows' token ids", StringComparison.Ordinal)), string.Join(Environment.NewLine, log));
     }
@@ -111,7 +111,7 @@ public sealed class LongTextTests
         var lengths = test.Select(r => tokenizer.Tokenize(r.Text).Count).ToList();
         long source = lengths.Sum(), cut = lengths.Sum(n => Math.Max(0, n - 14));
         string expected = string.Create(CultureInfo.InvariantCulture,
-            $"Transform: 5 of 20 rows (25 %) were longer than MaxSequenceLength 16 tokens; Head truncation cut {cut} of {source} word pieces ({100.0 * cut / source:0.##} %).");
+            $"Transform: 5 of 20 rows (25 %) were longer than MaxSequenceLength 16 tokens; HeadTail truncation cut {cut} of {source} word pieces ({100.0 * cut / source:0.##} %).");
         var info = log.Where(m => m.Contains("Kind=Info", StringComparison.Ordinal)).ToList();
         Assert.HasCount(1, info, string.Join(Environment.NewLine, log));
         Assert.EndsWith("] " + expected, info[0]);
