@@ -43,6 +43,7 @@ if (suites.Contains("finetune")) FineTuneSuite.Run(report, repoRoot, threads, qu
 if (suites.Contains("memory")) MemorySuite.Run(report, quick);
 if (suites.Contains("serving")) ServingSuite.Run(report, repoRoot, quick);
 if (suites.Contains("images")) ImageSuite.Run(report, quick);
+if (suites.Contains("reliability")) ReliabilitySuite.Run(report, repoRoot, quick);
 report.Write(threads);
 
 static string FindRepoRoot()
