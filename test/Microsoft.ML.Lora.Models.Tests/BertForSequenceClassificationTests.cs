@@ -64,7 +64,17 @@ public sealed class BertForSequenceClassificationTests
         var loss0 = nn.functional.cross_entropy(model.forward(ids, mask, types), labels);
         optimizer.zero_grad();
         loss0.backward();
-        Assert.IsTrue(model.state_dict().Count > 0);
+        // Exactly BERT's Hugging Face keys under "bert." (no pooler here) and the classifier: 5 embedding + 2 × 16 layer
+        // tensors + 2.
+        string[] perLayer = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+            "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm"];
+        var expectedKeys = new[] { "word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight", "LayerNorm.weight", "LayerNorm.bias" }
+            .Select(k => "bert.embeddings." + k)
+            .Concat(Enumerable.Range(0, 2).SelectMany(l => perLayer.SelectMany(m => new[] { $"bert.encoder.layer.{l}.{m}.weight", $"bert.encoder.layer.{l}.{m}.bias" })))
+            .Concat(["classifier.weight", "classifier.bias"])
+            .ToArray();
+        Assert.HasCount(39, expectedKeys);
+        CollectionAssert.AreEquivalent(expectedKeys, model.state_dict().Keys.ToArray());
         var named = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
         Assert.IsTrue(named["classifier.weight"].grad!.abs().sum().item<float>() > 0);
         Assert.IsTrue(named["bert.encoder.layer.0.attention.self.query.weight"].grad!.abs().sum().item<float>() > 0);

@@ -510,6 +510,23 @@ public sealed class BadInputTests
         Assert.IsFalse(File.Exists(temporary));
     }
 
+    [TestMethod]
+    public void Fit_TwiceOnOneEstimator_TwoIndependentModels()
+    {
+        // An estimator holds options, not a model: each Fit trains its own model, and disposing one leaves the other working.
+        var estimator = context.Transforms.LoraFineTune(Options());
+        var data = context.Data.LoadFromEnumerable(Binary(16, 41));
+        var first = estimator.Fit(data);
+        using var second = estimator.Fit(data);
+        Assert.AreNotSame(first, second);
+        var texts = new[] { "good movie", "bad food" };
+        var secondScores = Scores(second, texts);
+        Assert.IsTrue(secondScores.All(float.IsFinite));
+        first.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => Scores(first, texts));
+        CollectionAssert.AreEqual(secondScores, Scores(second, texts), "the second model is unaffected");
+    }
+
     /// <summary>Where an entry's stored data starts: after its local header (30 bytes, the name and the extra field).</summary>
     private static long LocalDataOffset(string path, string entryName)
     {

@@ -10,6 +10,21 @@ internal static class LoadCheckRunner
 {
     public static (int ExitCode, string Output) Run(params string[] arguments)
     {
+        using var process = Start(arguments);
+        var stderr = process.StandardError.ReadToEndAsync();
+        string stdout = process.StandardOutput.ReadToEnd();
+        if (!process.WaitForExit(TimeSpan.FromMinutes(3)))
+        {
+            process.Kill(entireProcessTree: true);
+            Assert.Fail("LoadCheck did not finish within 3 minutes.");
+        }
+
+        return (process.ExitCode, stdout + stderr.Result);
+    }
+
+    /// <summary>Starts LoadCheck with standard output and error redirected; the caller reads them and waits.</summary>
+    public static Process Start(params string[] arguments)
+    {
         string baseDirectory = AppContext.BaseDirectory;
         string tool = Path.Combine(baseDirectory, "Microsoft.ML.Lora.LoadCheck.dll");
         string runtimeConfig = Path.Combine(baseDirectory, "Microsoft.ML.Lora.Tests.runtimeconfig.json");
@@ -27,16 +42,7 @@ internal static class LoadCheckRunner
             start.ArgumentList.Add(argument);
         }
 
-        using var process = Process.Start(start)!;
-        var stderr = process.StandardError.ReadToEndAsync();
-        string stdout = process.StandardOutput.ReadToEnd();
-        if (!process.WaitForExit(TimeSpan.FromMinutes(3)))
-        {
-            process.Kill(entireProcessTree: true);
-            Assert.Fail("LoadCheck did not finish within 3 minutes.");
-        }
-
-        return (process.ExitCode, stdout + stderr.Result);
+        return Process.Start(start)!;
     }
 
     private static string DotnetPath()

@@ -61,17 +61,19 @@ public sealed class LoraFineTuningTests
     [TestMethod]
     public void Fit_KeyLabel_TrainsMulticlassThatEvaluatorsAccept()
     {
-        var scored = multiclass.Transform(multiclassData);
+        // Held-out rows (another seed: other word combinations), not the training rows.
+        var heldOut = context.Data.LoadFromEnumerable(TinyBert.Sentences(60, 3, 101)
+            .Select(s => new TextRow { Text = s.Text, Label = ((char)('a' + s.Class)).ToString() }));
+        var scored = multiclass.Transform(heldOut);
         var metrics = context.MulticlassClassification.Evaluate(scored, "Label", "Score", "PredictedLabel");
 
-        // Toy data: each class has its own words, so a trained model separates the training rows almost perfectly;
-        // chance is 1/3.
-        Assert.IsGreaterThanOrEqualTo(0.9, metrics.MacroAccuracy, $"macro accuracy {metrics.MacroAccuracy}");
+        // Toy data: each class has its own words; on unseen sentences 0.85 was measured (chance is 1/3).
+        Assert.IsGreaterThanOrEqualTo(0.75, metrics.MacroAccuracy, $"held-out macro accuracy {metrics.MacroAccuracy}");
         var lora = LoraOf(multiclass);
         Assert.AreEqual(LoraTaskKind.MulticlassClassification, lora.Task);
 
         var rows = context.Data.CreateEnumerable<MulticlassPrediction>(scored, reuseRowObject: false).ToList();
-        var labels = multiclassData.GetColumn<string>("Label").ToList();
+        var labels = heldOut.GetColumn<string>("Label").ToList();
         foreach (var row in rows)
         {
             Assert.HasCount(3, row.Score);
@@ -80,7 +82,8 @@ public sealed class LoraFineTuningTests
             Assert.AreEqual(((char)('a' + best)).ToString(), row.PredictedLabel, "PredictedLabel maps back to the arg-max class value");
         }
 
-        Assert.IsGreaterThan(0.9, rows.Zip(labels).Count(p => p.First.PredictedLabel == p.Second) / (double)rows.Count);
+        Assert.AreEqual(metrics.MicroAccuracy, rows.Zip(labels).Count(p => p.First.PredictedLabel == p.Second) / (double)rows.Count, 1e-12,
+            "PredictedLabel (after MapKeyToValue) is right exactly as often as the evaluator counts");
     }
 
     [TestMethod]
@@ -88,11 +91,14 @@ public sealed class LoraFineTuningTests
     {
         var ml = new MLContext(seed: 3);
         var data = ml.Data.LoadFromEnumerable(TinyBert.Sentences(80, 2, 2).Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
+        var heldOut = ml.Data.LoadFromEnumerable(TinyBert.Sentences(60, 2, 102).Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
         using var model = ml.Transforms.LoraFineTune(FastOptions(baseModel)).Fit(data);
         Assert.AreEqual(LoraTaskKind.BinaryClassification, model.Task);
-        var scored = model.Transform(data);
+        var scored = model.Transform(heldOut);
         var metrics = ml.BinaryClassification.Evaluate(scored);
-        Assert.IsGreaterThanOrEqualTo(0.9, metrics.Accuracy, $"accuracy {metrics.Accuracy}");
+
+        // Held-out sentences: 0.85 measured (51 of 60); chance is 0.5.
+        Assert.IsGreaterThanOrEqualTo(0.75, metrics.Accuracy, $"held-out accuracy {metrics.Accuracy}");
         foreach (var row in ml.Data.CreateEnumerable<BinaryPrediction>(scored, false))
         {
             Assert.AreEqual(1 / (1 + Math.Exp(-row.Score)), row.Probability, 1e-6, "Probability is the logistic of Score");
@@ -108,11 +114,13 @@ public sealed class LoraFineTuningTests
         // Target: +2 for positive words, -2 for negative words, 0 neutral.
         var data = ml.Data.LoadFromEnumerable(TinyBert.Sentences(90, 3, 3)
             .Select(s => new RegressionRow { Text = s.Text, Label = s.Class switch { 0 => 2f, 1 => -2f, _ => 0f } }));
+        var heldOut = ml.Data.LoadFromEnumerable(TinyBert.Sentences(60, 3, 103)
+            .Select(s => new RegressionRow { Text = s.Text, Label = s.Class switch { 0 => 2f, 1 => -2f, _ => 0f } }));
         using var model = ml.Transforms.LoraFineTune(FastOptions(baseModel)).Fit(data);
         Assert.AreEqual(LoraTaskKind.Regression, model.Task);
-        var metrics = ml.Regression.Evaluate(model.Transform(data));
+        var metrics = ml.Regression.Evaluate(model.Transform(heldOut));
 
-        // The label variance is 8/3 ≈ 2.67; a model that learned the word classes explains most of it.
+        // On held-out sentences: the label variance is 8/3 ≈ 2.67; a model that learned the word classes explains most of it.
         Assert.IsGreaterThan(0.8, metrics.RSquared, $"R² {metrics.RSquared}, MSE {metrics.MeanSquaredError}");
     }
 
@@ -293,31 +301,50 @@ public sealed class LoraFineTuningTests
     }
 
     [TestMethod]
-    public void Fit_ValidationSet_ReportsValidationLossAndKeepsBestAdapter()
+    public void Fit_ValidationSet_StopsEarlyAndKeepsBestEpochsAdapter()
     {
+        // A validation set on which the best model is only moderately confident: every third validation row has the
+        // opposite label. Training on clean rows first lowers the validation loss (two rows gained for each one lost),
+        // then, as the logits grow past ln 2 (where 2·σ(−z) = σ(z)), raises it: the validation curve has a minimum after
+        // which it rises, so with patience 2 training must stop long before MaxEpochs, and the last epoch's adapter is
+        // worse than the best one.
         var ml = new MLContext(seed: 8);
         var train = ml.Data.LoadFromEnumerable(TinyBert.Sentences(48, 2, 12).Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
-        var valid = ml.Data.LoadFromEnumerable(TinyBert.Sentences(24, 2, 13).Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
+        var valid = ml.Data.LoadFromEnumerable(TinyBert.Sentences(24, 2, 13).Select((s, i) => new BinaryRow { Text = s.Text, Label = (s.Class == 0) ^ (i % 3 == 2) }));
+        const int patience = 2;
         var options = FastOptions(baseModel);
-        options.MaxEpochs = 6;
+        options.MaxEpochs = 20;
         options.ValidationSet = valid;
-        options.EarlyStoppingPatience = 1;
+        options.EarlyStoppingPatience = patience;
         options.ProgressInterval = 1000;
         var reports = new List<LoraTrainingProgress>();
         options.Progress = new SynchronousProgress<LoraTrainingProgress>(reports.Add);
         using var model = ml.Transforms.LoraFineTune(options).Fit(train);
 
-        // One report per epoch run, each with a validation loss and accuracy; early stopping may end before epoch 6.
-        Assert.IsTrue(reports.Count is >= 2 and <= 6, $"{reports.Count} epochs");
-        Assert.IsTrue(reports.All(r => r.ValidationLoss is double v && double.IsFinite(v)));
+        // One report per epoch run (the interval is longer than an epoch), each with a validation loss and accuracy.
+        var losses = reports.Select(r => r.ValidationLoss!.Value).ToArray();
+        string curve = string.Join(", ", losses.Select(l => l.ToString("F4", CultureInfo.InvariantCulture)));
+        CollectionAssert.AreEqual(Enumerable.Range(1, reports.Count).ToArray(), reports.Select(r => r.Epoch).ToArray(), curve);
+        Assert.IsTrue(losses.All(double.IsFinite), curve);
         Assert.IsTrue(reports.All(r => r.ValidationAccuracy is >= 0 and <= 1), string.Join(", ", reports.Select(r => r.ValidationAccuracy)));
 
-        // The kept adapter is the epoch with the lowest validation loss, and its reported accuracy is what Transform
-        // gives. Up to one row: validation batches the rows in order, Transform groups them by length (other padding,
-        // float32 rounding), so a logit within rounding of 0 could flip.
-        var best = reports.MinBy(r => r.ValidationLoss!.Value)!;
-        double keptAccuracy = Accuracy(model.Transform(valid));
-        Assert.AreEqual(best.ValidationAccuracy!.Value, keptAccuracy, 1.0 / 24 + 1e-12, $"epoch {best.Epoch} of {reports.Count}");
+        // Stopped early, exactly `patience` epochs after the best one, and those epochs did not improve on it.
+        int bestEpoch = Array.IndexOf(losses, losses.Min()) + 1;
+        Assert.IsLessThan(options.MaxEpochs, reports.Count, $"early stopping ended training: {reports.Count} epochs ({curve})");
+        Assert.AreEqual(bestEpoch + patience, reports.Count, $"stopped {patience} epochs after the best (epoch {bestEpoch}): {curve}");
+        Assert.IsGreaterThan(1, bestEpoch, $"the validation loss fell first: {curve}");
+        Assert.IsGreaterThan(losses[bestEpoch - 1] + 1e-3, losses[^1], $"the last epoch is clearly worse than the best: {curve}");
+
+        // The kept adapter is the best epoch's: the binary cross-entropy recomputed from Transform's scores (logits) is
+        // the best epoch's validation loss (float32 summation, other batching), not the last epoch's.
+        var scored = model.Transform(valid);
+        var labels = valid.GetColumn<bool>("Label").ToArray();
+        var scores = scored.GetColumn<float>("Score").ToArray();
+        double keptLoss = scores.Zip(labels, (z, y) => Math.Max(z, 0) - (y ? z : 0) + Math.Log(1 + Math.Exp(-Math.Abs(z)))).Average();
+        Assert.AreEqual(losses[bestEpoch - 1], keptLoss, 1e-5, $"kept adapter's validation loss; curve {curve}");
+        // Its reported accuracy is what Transform gives, up to one row: validation batches the rows in order, Transform
+        // groups them by length (other padding, float32 rounding), so a logit within rounding of 0 could flip.
+        Assert.AreEqual(reports[bestEpoch - 1].ValidationAccuracy!.Value, Accuracy(scored), 1.0 / 24 + 1e-12, $"epoch {bestEpoch} of {reports.Count}");
 
         // The kept adapter, copied back into the trained model, is what Load rebuilds: a save/load round trip is bitwise equal.
         string path = Path.Combine(root, "validation.zip");

@@ -29,13 +29,43 @@ public sealed class ConvTests
     {
         torch.manual_seed(51);
         using var scope = NewDisposeScope();
-        var layer = lora.Conv1d(8, 4, 3, r: 4, lora_alpha: 4, groups: 4, factorization: LoraConvFactorization.Peft);
+        const int groups = 4;
+        var layer = lora.Conv1d(8, 8, 3, r: 4, lora_alpha: 4, groups: groups, factorization: LoraConvFactorization.Peft);
         CollectionAssert.AreEqual(new long[] { 4, 2, 3 }, layer.lora_A!.shape, "A: r × in/groups × k");
-        CollectionAssert.AreEqual(new long[] { 4, 1, 1 }, layer.lora_B!.shape, "B: out × r/groups × 1");
+        CollectionAssert.AreEqual(new long[] { 8, 1, 1 }, layer.lora_B!.shape, "B: out × r/groups × 1");
         Randomize(layer.lora_B);
+
+        // Independent ΔW, one block per group g: out channels 2g, 2g+1 get B_g (2 × 1) · A_g (1 × 2·3), A_g = A's row g
+        // (over in channels 2g, 2g+1); no block reaches another group's input channels.
+        var a = layer.lora_A.detach().to(ScalarType.Float64);
+        var b = layer.lora_B.detach().to(ScalarType.Float64);
+        var delta = zeros(8, 2, 3, dtype: ScalarType.Float64);
+        for (int g = 0; g < groups; g++)
+        {
+            var bG = b[(2 * g)..(2 * g + 2), .., 0];                  // (2 × 1)
+            var aG = a[g..(g + 1)].reshape(1, 2 * 3);                    // (1 × 6)
+            delta[(2 * g)..(2 * g + 2)] = bG.matmul(aG).reshape(2, 2, 3) * layer.scaling;
+        }
+
         var x = randn(2, 8, 10);
+        var w = layer.weight.detach().to(ScalarType.Float64);
+        var bias = layer.bias!.detach().to(ScalarType.Float64);
+        var expected = nn.functional.conv1d(x.to(ScalarType.Float64), w + delta, bias, groups: groups);
         var unmerged = layer.forward(x).detach();
+        Assert.IsTrue(MaxRelativeDifference(unmerged, expected) <= 1e-5, "unmerged = grouped conv with the block ΔW");
+
+        // Block structure of the update itself: changing the input channels of group 1 (channels 2, 3) changes only
+        // output channels 2 and 3 of the adapter's contribution (the base conv is grouped too).
+        var x2 = x.clone();
+        x2[.., 2..4] += randn(2, 2, 10);
+        var change = (layer.forward(x2) - unmerged).detach().abs().amax([0, 2]);
+        Assert.AreEqual(0.0, change[..2].max().item<float>(), 0.0, "groups 0: untouched");
+        Assert.AreEqual(0.0, change[4..].max().item<float>(), 0.0, "groups 2, 3: untouched");
+        Assert.IsGreaterThan(1e-3, change[2..4].min().item<float>(), "group 1 changes");
+
+        var before = layer.weight.detach().clone();
         layer.eval();
+        Assert.IsTrue(MaxRelativeDifference(layer.weight.detach() - before, delta) <= 1e-5, "merge adds the block ΔW");
         Assert.IsTrue(MaxRelativeDifference(layer.forward(x), unmerged) <= 1e-5);
     }
 
@@ -77,23 +107,44 @@ public sealed class ConvTests
             plain.bias!.copy_(layer.bias!);
         }
 
+        CollectionAssert.AreEqual(new long[] { 4, 2, 1, 1 }, layer.lora_B!.shape, "B: out × r × 1 × 1");
         var x = randn(1, 2, 7, 5);
         AssertExactlyEqual(layer.forward(x), plain.forward(x), "B = 0");
         Randomize(layer.lora_B);
         var unmerged = layer.forward(x).detach();
+
+        // PEFT's two-convolution forward, written out: A with the base's stride, padding and dilation, then B as 1×1.
+        var down = nn.functional.conv2d(x, layer.lora_A.detach(), null, [2, 1], [1, 0], [1, 2]);
+        var expected = plain.forward(x) + nn.functional.conv2d(down, layer.lora_B.detach()) * layer.scaling;
+        Assert.IsTrue(MaxRelativeDifference(unmerged, expected) <= 1e-5, "conv(x, W) + conv1x1(conv(x, A), B)·scaling");
+
+        // Merged ΔW[o, i, kh, kw] = Σ_r B[o, r]·A[r, i, kh, kw]·scaling.
+        var delta = einsum("or,rihw->oihw", layer.lora_B.detach()[.., .., 0, 0], layer.lora_A.detach()) * layer.scaling;
+        var before = layer.weight.detach().clone();
         layer.eval();
+        Assert.IsTrue(MaxRelativeDifference(layer.weight.detach() - before, delta) <= 1e-5, "merged ΔW");
         Assert.IsTrue(MaxRelativeDifference(layer.forward(x), unmerged) <= 1e-5);
     }
 
     [TestMethod]
-    public void Conv3d_CuboidKernel_MergedAgrees()
+    public void Conv3d_CuboidKernel_LoralibLayoutAndDeltaWeight()
     {
         torch.manual_seed(53);
         using var scope = NewDisposeScope();
         var layer = lora.Conv3d(2, 2, (1, 2, 3), r: 2, lora_alpha: 2, padding: (0, 1, 1));
+
+        // loralib's layout with the first kernel dimension as k (k₀ = 1): A [r·k₀, in·k₁·k₂], B [out/groups·k₀, r·k₀].
+        CollectionAssert.AreEqual(new long[] { 2, 2 * 2 * 3 }, layer.lora_A!.shape, "r·k₀ × in·k₁·k₂");
+        CollectionAssert.AreEqual(new long[] { 2, 2 }, layer.lora_B!.shape, "out·k₀ × r·k₀");
         Randomize(layer.lora_B);
         var x = randn([1, 2, 3, 4, 5]);
         var unmerged = layer.forward(x).detach();
+
+        // ΔW = (B·A).view(W.shape)·α/r (α/r = 1), applied in one float64 conv3d as loralib does.
+        var delta = layer.lora_B.detach().to(ScalarType.Float64).matmul(layer.lora_A.detach().to(ScalarType.Float64)).view(2, 2, 1, 2, 3);
+        var expected = nn.functional.conv3d(x.to(ScalarType.Float64), layer.weight.detach().to(ScalarType.Float64) + delta,
+            layer.bias!.detach().to(ScalarType.Float64), padding: [0, 1, 1]);
+        Assert.IsTrue(MaxRelativeDifference(unmerged, expected) <= 1e-5, "unmerged = conv3d(x, W + (B·A).view(W.shape))");
         layer.eval();
         Assert.IsTrue(MaxRelativeDifference(layer.forward(x), unmerged) <= 1e-5);
     }

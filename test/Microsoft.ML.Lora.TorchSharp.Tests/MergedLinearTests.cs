@@ -47,6 +47,44 @@ public sealed class MergedLinearTests
     }
 
     [TestMethod]
+    [DataRow(false)]
+    [DataRow(true)]
+    public void MergedLinear_TrainingForward_NeverBuildsDeltaWeight(bool fan_in_fan_out)
+    {
+        // loralib's MergedLinear.forward builds ΔW = B·A (out × in) and runs x·(ΔW)ᵀ. With factor entries of size 1e25
+        // every entry of B·A is of order 1e50, beyond float32 (3.4e38): any [out, in] product of the factors is ±inf or
+        // NaN, and so is an output computed from it. Factor by factor, x·Aᵀ (x of size 1e-25) is of order 1 and
+        // (x·Aᵀ)·Bᵀ of order 1e25, finite. So a finite output equal to the float64 reference shows that training
+        // forward never formed ΔW.
+        torch.manual_seed(41);
+        using var scope = NewDisposeScope();
+        const int d = 6, r = 2;
+        var qkv = lora.MergedLinear(d, 3 * d, r: r, lora_alpha: 4, enable_lora: [true, false, true], fan_in_fan_out: fan_in_fan_out);
+        using (no_grad())
+        {
+            qkv.lora_A!.copy_(randn(2 * r, d) * 1e25);
+            qkv.lora_B!.copy_(randn(2 * d, r) * 1e25);
+        }
+
+        var x = randn(2, 5, d) * 1e-25;
+        var output = qkv.forward(x).detach();
+        Assert.IsTrue(qkv.training, "training mode: the unmerged forward");
+        Assert.IsTrue(output.isfinite().all().item<bool>(), "no inf/NaN: ΔW (order 1e50) was never formed in float32");
+
+        // Float64 reference from the factors, group by group: y = x·Wᵀ + b + (x·A_gᵀ)·B_gᵀ·α/r on enabled groups q and v.
+        var x64 = x.to(ScalarType.Float64);
+        var w = (fan_in_fan_out ? qkv.weight.t() : qkv.weight).detach().to(ScalarType.Float64);
+        var a = qkv.lora_A.detach().to(ScalarType.Float64);
+        var b = qkv.lora_B.detach().to(ScalarType.Float64);
+        var baseOut = x64.matmul(w.t()) + qkv.bias!.detach().to(ScalarType.Float64);
+        var q = x64.matmul(a[..r].t()).matmul(b[..d].t()) * 2.0;
+        var v = x64.matmul(a[r..].t()).matmul(b[d..].t()) * 2.0;
+        var expected = baseOut + cat([q, zeros_like(q), v], -1);
+        Assert.IsTrue(MaxRelativeDifference(output, expected) <= 1e-5, $"max relative difference {MaxRelativeDifference(output, expected)}");
+        Assert.IsGreaterThan(1e24, output.abs().max().item<float>(), "the adapter term dominates, so the check is on it");
+    }
+
+    [TestMethod]
     public void MergedLinear_EnableLoraNotDividingOutFeatures_ThrowsNamingIt()
     {
         var e = Assert.ThrowsExactly<ArgumentException>(() => lora.MergedLinear(4, 10, r: 2, enable_lora: [true, false, true]));

@@ -30,6 +30,10 @@ public sealed class MultiAdapterTests
         return model;
     }
 
+    /// <summary>ΔW = B·A·scaling of adapter <paramref name="name"/> in float64, from its raw factors (not get_delta_weight).</summary>
+    private static Tensor RawDelta(LoraLayer layer, string name, double scaling) =>
+        layer.get_lora_B(name).detach().to(ScalarType.Float64).matmul(layer.get_lora_A(name).detach().to(ScalarType.Float64)) * scaling;
+
     [TestMethod]
     public void AddAdapter_NamedAdapters_KeysSeparateFirstActiveOthersInactive()
     {
@@ -257,11 +261,23 @@ public sealed class MultiAdapterTests
         var q = (LoraLayer)model.Module(Q0);
         Assert.AreEqual(5, q.get_rank("ab"), "cat: ranks add up");
         Assert.AreEqual(1.0, q.get_scaling("ab"), 1e-12);
-        var expected = q.get_delta_weight("a") * 0.7 + q.get_delta_weight("b") * -1.3;
-        Assert.IsTrue(MaxRelativeDifference(q.get_delta_weight("ab"), expected) < 1e-6, "float32: relative 1e-6");
+
+        // Independent of the code under test: each ΔW = B·A·scaling in float64 from the raw factors and the scalings
+        // the configs give (a: α/r = 4/2; b: rsLoRA α/√r = 6/√3).
+        var expected = RawDelta(q, "a", 4.0 / 2.0) * 0.7 + RawDelta(q, "b", 6.0 / Math.Sqrt(3.0)) * -1.3;
+        Assert.IsTrue(MaxRelativeDifference(RawDelta(q, "ab", 1.0), expected) < 1e-6, "float32 factors: relative 1e-6");
+        Assert.IsTrue(MaxRelativeDifference(q.get_delta_weight("ab"), expected) < 1e-6, "get_delta_weight agrees");
+
+        // cat's layout (PEFT): A stacks the weighted A's (rows 0–1 from a, 2–4 from b), B the B's side by side.
+        var aa = q.get_lora_A("a").detach().to(ScalarType.Float64);
+        var ab = q.get_lora_A("b").detach().to(ScalarType.Float64);
+        var catA = q.get_lora_A("ab").detach().to(ScalarType.Float64);
+        Assert.IsTrue(MaxRelativeDifference(catA[..2], aa * (0.7 * 2.0)) < 1e-6, "A rows of a: A_a·w·scaling");
+        Assert.IsTrue(MaxRelativeDifference(catA[2..], ab * (-1.3 * 6.0 / Math.Sqrt(3.0))) < 1e-6, "A rows of b");
+        AssertExactlyEqual(q.get_lora_B("ab").detach(), cat([q.get_lora_B("a").detach(), q.get_lora_B("b").detach()], 1), "B = [B_a, B_b]");
 
         var v = (LoraLayer)model.Module(V1); // only "a" lives here: b's rows stay zero
-        Assert.IsTrue(MaxRelativeDifference(v.get_delta_weight("ab"), v.get_delta_weight("a") * 0.7) < 1e-6);
+        Assert.IsTrue(MaxRelativeDifference(RawDelta(v, "ab", 1.0), RawDelta(v, "a", 2.0) * 0.7) < 1e-6);
         CollectionAssert.AreEqual(new[] { "a" }, lora.active_adapters(model).ToArray(), "not activated");
     }
 
@@ -286,9 +302,15 @@ public sealed class MultiAdapterTests
         Assert.IsTrue(MaxRelativeDifference(q.get_lora_A("lin"), expectedA) < 1e-6);
         Assert.IsTrue(MaxRelativeDifference(q.get_lora_B("lin"), expectedB) < 1e-6);
 
-        // One adapter: exactly w·ΔW.
+        // One adapter: exactly w·ΔW, ΔW = B·A·α/r from the raw factors.
         lora.add_weighted_adapter(model, ["a"], [3.0], "a3", "linear");
-        Assert.IsTrue(MaxRelativeDifference(q.get_delta_weight("a3"), q.get_delta_weight("a") * 3.0) < 1e-6);
+        Assert.IsTrue(MaxRelativeDifference(RawDelta(q, "a3", q.get_scaling("a3")), RawDelta(q, "a", 4.0 / 2.0) * 3.0) < 1e-6);
+
+        // Two adapters: ΔW = (c_a·B_a + c_b·B_b)(c_a·A_a + c_b·A_b), cross terms included (PEFT's linear), computed here
+        // from the raw factors.
+        var rawA = q.get_lora_A("a").detach().to(ScalarType.Float64) * ca + q.get_lora_A("b").detach().to(ScalarType.Float64) * cb;
+        var rawB = q.get_lora_B("a").detach().to(ScalarType.Float64) * ca + q.get_lora_B("b").detach().to(ScalarType.Float64) * cb;
+        Assert.IsTrue(MaxRelativeDifference(RawDelta(q, "lin", q.get_scaling("lin")), rawB.matmul(rawA)) < 1e-6, "linear ΔW");
 
         // Negative weights, as PEFT ≥ 0.14: √|w·s| on both factors, the sign on A only.
         lora.add_weighted_adapter(model, ["a", "b"], [1.0, -0.5], "neg", "linear");
@@ -307,14 +329,18 @@ public sealed class MultiAdapterTests
         using var scope = NewDisposeScope();
         var model = TwoAdapters(72);
         var q = (LoraLayer)model.Module(Q0);
-        var target = q.get_delta_weight("a") * 1.5 + q.get_delta_weight("b") * 0.5;
+
+        // The target from the raw factors in float64 (a: α/r = 4/2; b: rsLoRA 6/√3), not from the code under test.
+        var target = RawDelta(q, "a", 4.0 / 2.0) * 1.5 + RawDelta(q, "b", 6.0 / Math.Sqrt(3.0)) * 0.5;
         lora.add_weighted_adapter(model, ["a", "b"], [1.5, 0.5], "svd4", "svd", svd_rank: 4);
+        Assert.AreEqual(4, q.get_rank("svd4"));
         // Rank of the sum ≤ 4 = full size of the 4×4 layer: exact up to float32 (relative 1e-5).
-        Assert.IsTrue(MaxRelativeDifference(q.get_delta_weight("svd4"), target) < 1e-5);
+        Assert.IsTrue(MaxRelativeDifference(RawDelta(q, "svd4", q.get_scaling("svd4")), target) < 1e-5);
 
         lora.add_weighted_adapter(model, ["a", "b"], [1.5, 0.5], "svd1", "svd", svd_rank: 1);
-        var s = torch.linalg.svdvals(target.to(ScalarType.Float64));
-        var error = (q.get_delta_weight("svd1").to(ScalarType.Float64) - target.to(ScalarType.Float64)).pow(2).sum().sqrt().item<double>();
+        Assert.AreEqual(1, q.get_rank("svd1"));
+        var s = torch.linalg.svdvals(target);
+        var error = (RawDelta(q, "svd1", q.get_scaling("svd1")) - target).pow(2).sum().sqrt().item<double>();
         var best = s[1..].pow(2).sum().sqrt().item<double>(); // Eckart–Young: the best rank-1 error
         Assert.AreEqual(best, error, 1e-5 * Math.Max(best, 1e-3));
     }
@@ -326,7 +352,6 @@ public sealed class MultiAdapterTests
         var model = TwoAdapters(69); // "a" active, "b" inactive
         lora.mark_only_lora_as_trainable(model);
         var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.name).ToList();
-        Assert.IsTrue(trainable.Count > 0);
         Assert.IsTrue(trainable.All(n => n.Contains(".lora_adapters.a.", StringComparison.Ordinal)), string.Join(", ", trainable));
         Assert.AreEqual(4 * 2, trainable.Count, "A and B of adapter a in 2 queries and 2 values");
 
