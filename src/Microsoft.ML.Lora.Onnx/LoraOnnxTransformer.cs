@@ -142,7 +142,7 @@ public sealed class LoraOnnxTransformer : ITransformer, IDisposable, ITextScorer
             ObjectDisposedException.ThrowIf(references == 0, this);
         }
 
-        var batch = tokenizer.Encode(texts, pairs, metadata.MaxSequenceLength);
+        var batch = tokenizer.Encode(texts, pairs, metadata.MaxSequenceLength, metadata.Truncation);
         long[] shape = [batch.BatchSize, batch.SequenceLength];
         using var ids = OrtValue.CreateTensorValueFromMemory(batch.InputIds, shape);
         using var mask = OrtValue.CreateTensorValueFromMemory(batch.AttentionMask, shape);

@@ -211,16 +211,24 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     /// The weights are written in float32 as the model computes them in eval mode (each linear layer and embedding table
     /// is read by running it, so LoRA is included whether merged or not). On the CPU in float32 the ONNX Runtime scores
     /// equal <see cref="Transform"/>'s within 1e-4; a model whose encoder runs in bfloat16 (on a GPU) differs by bfloat16
-    /// rounding. Also usable with ML.NET's <c>ApplyOnnxModel</c> (see the README). The ONNX scoring package truncates long
-    /// texts by their head and has no sliding windows: a model trained with <see cref="TruncationStrategy.HeadTail"/> or
-    /// scored in windows here scores texts longer than MaxSequenceLength differently there.
+    /// rounding. Also usable with ML.NET's <c>ApplyOnnxModel</c> (see the README). The metadata records the
+    /// <see cref="Truncation"/> strategy and the ONNX scoring package truncates long texts the same way (with
+    /// <c>ApplyOnnxModel</c> the tokens are yours to cut). Sliding windows cannot be exported: the graph's output comes
+    /// after the softmax, and windows average the logits before it.
     /// </remarks>
     /// <param name="path">The .onnx file to write (its folder is created if needed; an existing file is replaced).</param>
     /// <returns>The full path written.</returns>
     /// <exception cref="ObjectDisposedException">The transformer was disposed.</exception>
+    /// <exception cref="InvalidOperationException"><see cref="InferenceWindowStride"/> is not 0 (windows cannot be exported).</exception>
     public string ExportOnnx(string path)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
+        if (InferenceWindowStride > 0)
+        {
+            throw new InvalidOperationException(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"ExportOnnx: this transformer scores long texts in sliding windows (InferenceWindowStride = {InferenceWindowStride}), which an exported graph cannot do (its output comes after the softmax; windows average the logits before it). Set InferenceWindowStride = 0 to export a model that truncates by its Truncation strategy ({Truncation})."));
+        }
+
         string fullPath = Path.GetFullPath(path);
         AtomicFile.Write(fullPath, stream => Model.ExportOnnx(stream, Columns, InferenceBatchSize));
         return fullPath;

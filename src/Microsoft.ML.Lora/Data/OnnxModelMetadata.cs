@@ -1,16 +1,20 @@
 using System.Globalization;
 using System.Text.Json;
 using Microsoft.ML.Lora.Engine;
+using Microsoft.ML.Lora.Models;
 
 namespace Microsoft.ML.Lora.Data;
 
 /// <summary>
 /// What an exported ONNX model records in its <c>metadata_props</c> so that it scores text on its own: the task and label
 /// key values, the column names, the batch size, and the tokenizer (settings and the whole <c>vocab.txt</c>). Written by
-/// <c>LoraTransformer.ExportOnnx</c> and read by the ONNX scoring package, which compiles this file too.
+/// <c>LoraTransformer.ExportOnnx</c> and read by the ONNX scoring package, which compiles this file too. From layout 2 the
+/// truncation strategy (written only when it is not <see cref="TruncationStrategy.Head"/>, so that a reader of layout 1,
+/// which would truncate by the head, refuses the file instead of scoring long texts differently).
 /// </summary>
 internal sealed record OnnxModelMetadata(
-    LabelInfo Label, ColumnNames Columns, int InferenceBatchSize, int MaxSequenceLength, bool LowerCase, bool StripAccents, string Vocabulary)
+    LabelInfo Label, ColumnNames Columns, int InferenceBatchSize, int MaxSequenceLength, bool LowerCase, bool StripAccents, string Vocabulary,
+    TruncationStrategy Truncation = TruncationStrategy.Head)
 {
     /// <summary>Prefix of every key.</summary>
     public const string Prefix = "microsoft.ml.lora.";
@@ -21,8 +25,11 @@ internal sealed record OnnxModelMetadata(
     /// <summary>The graph's output (float32 [batch, outputs]), what the Score column holds.</summary>
     public static readonly string[] OutputNames = ["score"];
 
-    /// <summary>Version of this layout; a reader refuses a larger one.</summary>
-    public const int FormatVersion = 1;
+    /// <summary>Latest version of this layout (the one this code reads up to); a reader refuses a larger one.</summary>
+    public const int FormatVersion = 2;
+
+    /// <summary>The first layout: no truncation key (the head is kept).</summary>
+    private const int FormatVersionHeadOnly = 1;
 
     private const string VersionKey = Prefix + "format_version";
     private const string TaskKey = Prefix + "task";
@@ -39,6 +46,7 @@ internal sealed record OnnxModelMetadata(
     private const string LowerCaseKey = Prefix + "lower_case";
     private const string StripAccentsKey = Prefix + "strip_accents";
     private const string VocabularyKey = Prefix + "vocab";
+    private const string TruncationKey = Prefix + "truncation";
 
     /// <summary>The key/value pairs to write.</summary>
     public Dictionary<string, string> ToProperties()
@@ -46,7 +54,7 @@ internal sealed record OnnxModelMetadata(
         var c = CultureInfo.InvariantCulture;
         var result = new Dictionary<string, string>(StringComparer.Ordinal)
         {
-            [VersionKey] = FormatVersion.ToString(c),
+            [VersionKey] = (Truncation == TruncationStrategy.Head ? FormatVersionHeadOnly : FormatVersion).ToString(c),
             [TaskKey] = Label.Kind.ToString(),
             [ClassCountKey] = Label.ClassCount.ToString(c),
             [KeyValueTypeKey] = LabelInfo.TypeName(Label.KeyValueType),
@@ -64,6 +72,11 @@ internal sealed record OnnxModelMetadata(
         if (Columns.Pair is not null)
         {
             result[PairColumnKey] = Columns.Pair;
+        }
+
+        if (Truncation != TruncationStrategy.Head)
+        {
+            result[TruncationKey] = Truncation.ToString();
         }
 
         return result;
@@ -104,6 +117,12 @@ internal sealed record OnnxModelMetadata(
         var columns = new ColumnNames(
             Get(TextColumnKey), properties.TryGetValue(PairColumnKey, out var pair) ? pair : null,
             Get(ScoreColumnKey), Get(PredictedLabelColumnKey), Get(ProbabilityColumnKey));
-        return new OnnxModelMetadata(label, columns, Int(BatchSizeKey), Int(MaxLengthKey), Bool(LowerCaseKey), Bool(StripAccentsKey), Get(VocabularyKey));
+        var truncation = TruncationStrategy.Head;
+        if (properties.TryGetValue(TruncationKey, out var strategy) && (!Enum.TryParse(strategy, out truncation) || !Enum.IsDefined(truncation)))
+        {
+            throw new InvalidDataException($"{source}: metadata '{TruncationKey}' is '{strategy}', not a truncation strategy (Head, HeadTail).");
+        }
+
+        return new OnnxModelMetadata(label, columns, Int(BatchSizeKey), Int(MaxLengthKey), Bool(LowerCaseKey), Bool(StripAccentsKey), Get(VocabularyKey), truncation);
     }
 }

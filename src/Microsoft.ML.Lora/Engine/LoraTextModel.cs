@@ -275,7 +275,7 @@ internal sealed class LoraTextModel : ILoraModel<TokenizedRow>
     {
         ObjectDisposedException.ThrowIf(disposed, this);
         var (transform, scale, shift) = Label.Task.OnnxOutput(Scaling);
-        var metadata = new OnnxModelMetadata(Label, columns, inferenceBatchSize, Settings.MaxSequenceLength, Tokenizer.LowerCase, Tokenizer.StripAccents, Tokenizer.VocabularyText);
+        var metadata = new OnnxModelMetadata(Label, columns, inferenceBatchSize, Settings.MaxSequenceLength, Tokenizer.LowerCase, Tokenizer.StripAccents, Tokenizer.VocabularyText, Settings.Truncation);
         OnnxBertExporter.Export(Model, destination, transform, scale, shift, metadata.ToProperties());
     }
 
