@@ -41,7 +41,6 @@ internal static class FashionMnist
         string imagesPath = Path.Combine(directory, $"{prefix}-images-idx3-ubyte.gz");
         string labelsPath = Path.Combine(directory, $"{prefix}-labels-idx1-ubyte.gz");
         byte[] images = ReadGzip(imagesPath);
-        byte[] labels = ReadGzip(labelsPath);
         int count = CheckHeader(images, imagesPath, ImagesMagic, 16);
         int rows = BinaryPrimitives.ReadInt32BigEndian(images.AsSpan(8));
         int columns = BinaryPrimitives.ReadInt32BigEndian(images.AsSpan(12));
@@ -50,6 +49,7 @@ internal static class FashionMnist
             throw new InvalidDataException($"{imagesPath}: expected {count} images of {Side}×{Side} bytes after a 16-byte header, got {rows}×{columns} and {images.Length} bytes.");
         }
 
+        byte[] labels = ReadGzip(labelsPath);
         int labelCount = CheckHeader(labels, labelsPath, LabelsMagic, 8);
         if (labelCount != count || labels.Length != 8 + count)
         {

@@ -17,6 +17,8 @@ public sealed class ImageSampleTests
     private const int Train = 200;
     private const int Validation = 50;
     private const int Test = 100;
+    private static readonly string[] AdapterFiles = ["adapter_config.json", "adapter_model.safetensors"];
+    private static readonly byte[] PngSignature = [0x89, (byte)'P', (byte)'N', (byte)'G'];
     private static string root = string.Empty;
     private static RunSettings settings = null!;
     private static SampleReport report = null!;
@@ -88,7 +90,7 @@ public sealed class ImageSampleTests
         Assert.AreEqual(new FileInfo(adapterZip).Length, report.Results[1].ModelBytes);
         using (var zip = ZipFile.OpenRead(adapterZip))
         {
-            CollectionAssert.AreEquivalent(new[] { "adapter_config.json", "adapter_model.safetensors" }, zip.Entries.Select(e => e.FullName).ToArray());
+            CollectionAssert.AreEquivalent(AdapterFiles, zip.Entries.Select(e => e.FullName).ToArray());
         }
 
         // Four bytes per trainable parameter plus headers, far below the 63.7 MB base.
@@ -105,12 +107,12 @@ public sealed class ImageSampleTests
         foreach (string path in new[] { report.ConfusionMatrixPath, report.EpochCurvePath })
         {
             byte[] bytes = File.ReadAllBytes(path);
-            CollectionAssert.AreEqual(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, bytes[..4], path);
+            CollectionAssert.AreEqual(PngSignature, bytes[..4], path);
             Assert.IsGreaterThan(10_000, bytes.Length, path);
         }
 
         Assert.HasCount(0, report.Results[0].Curve);
-        CollectionAssert.AreEqual(new[] { 1, 2, 3 }, report.Results[1].Curve.Select(e => e.Epoch).ToArray());
+        CollectionAssert.AreEqual(Enumerable.Range(1, settings.Epochs).ToArray(), report.Results[1].Curve.Select(e => e.Epoch).ToArray());
         Assert.HasCount(10, report.Results[2].Curve);
         Assert.IsLessThan(report.Results[2].Curve[0].TrainingLoss, report.Results[2].Curve[^1].TrainingLoss, "the head's loss falls");
         Assert.IsLessThan(report.Results[1].Curve[0].TrainingLoss, report.Results[1].Curve[^1].TrainingLoss, "(b)'s loss falls");
@@ -122,8 +124,8 @@ public sealed class ImageSampleTests
         string data = Path.Combine(AppContext.BaseDirectory, "data");
         var train = FashionMnist.Read(data, "train");
         var test = FashionMnist.Read(data, "t10k");
-        Assert.AreEqual(CommandLine.SubsetTrainCount, train.Count);
-        Assert.AreEqual(CommandLine.SubsetTestCount, test.Count);
+        Assert.AreEqual(ImageLora.CommandLine.SubsetTrainCount, train.Count);
+        Assert.AreEqual(ImageLora.CommandLine.SubsetTestCount, test.Count);
         Assert.IsTrue(train.Images.All(i => i.Length == 28 * 28));
         foreach (var set in new[] { train, test })
         {
@@ -177,6 +179,6 @@ public sealed class ImageSampleTests
     {
         var e = Assert.ThrowsExactly<ArgumentException>(() => SampleData.Load(settings with { TrainCount = 10_000 }));
         StringAssert.Contains(e.Message, "--data");
-        StringAssert.Contains(e.Message, $"{CommandLine.SubsetTrainCount} training");
+        StringAssert.Contains(e.Message, $"{ImageLora.CommandLine.SubsetTrainCount} training");
     }
 }
