@@ -204,7 +204,7 @@ public sealed class MixedPrecisionTests
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var text = model.Model;
-        var (ids, mask, types) = text.Tokenizer.Encode(texts, null, text.Settings.MaxSequenceLength).ToTensors(CPU);
+        var (ids, mask, types) = text.Tokenizer.Encode(texts, null, text.Settings.MaxSequenceLength, text.Settings.Truncation).ToTensors(CPU);
         var modules = text.Model.named_modules().ToDictionary(p => p.name, p => p.module);
         var embeddings = (nn.Module<Tensor, Tensor, Tensor>)modules["bert.embeddings"];
         var layers = Enumerable.Range(0, text.Model.Bert.Config.NumHiddenLayers)

@@ -184,14 +184,17 @@ public sealed class PeftPyTorchParityTests
         Assert.HasCount(603, texts);
         float[] ours = model.Transform(test).GetColumn<VBuffer<float>>("Score").SelectMany(v => v.DenseValues()).ToArray();
 
-        var (ids, mask, types) = model.Model.Tokenizer.Encode(texts, null, model.Model.Settings.MaxSequenceLength).ToTensors(CPU);
+        // The same word pieces Transform keeps (the model's truncation: HeadTail by default, recorded in head_config.json).
+        var (ids, mask, types) = model.Model.Tokenizer.Encode(texts, null, model.Model.Settings.MaxSequenceLength, model.Model.Settings.Truncation).ToTensors(CPU);
         string inputs = Path.Combine(dir, "inputs.safetensors");
         SafeTensors.Write(inputs, new Dictionary<string, Tensor> { ["input_ids"] = ids, ["attention_mask"] = mask, ["token_type_ids"] = types }, null);
         // float32 in the reference too: 603 rows of MiniLM in float64 take minutes on 2 cores.
         float[] reference = RunReference("score", Path.Combine(dir, "adapter"), inputs, baseDirectory, "float32");
 
         AssertClose(ours, reference, "MiniLM sentiment test split");
-        Assert.IsTrue(File.ReadAllText(Path.Combine(dir, "adapter", "head_config.json")).Contains("\"huggingface_compatible\": true", StringComparison.Ordinal));
+        string headConfig = File.ReadAllText(Path.Combine(dir, "adapter", "head_config.json"));
+        Assert.IsTrue(headConfig.Contains("\"huggingface_compatible\": true", StringComparison.Ordinal));
+        Assert.IsTrue(headConfig.Contains("\"truncation\": \"head_tail\"", StringComparison.Ordinal), headConfig);
     }
 
     [TestMethod]

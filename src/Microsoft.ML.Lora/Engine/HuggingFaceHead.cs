@@ -66,6 +66,14 @@ internal static class HuggingFaceHead
             ["max_sequence_length"] = settings.MaxSequenceLength,
             ["huggingface_compatible"] = huggingFacePooling,
         };
+        if (settings.Truncation == Models.TruncationStrategy.HeadTail)
+        {
+            // Hugging Face's tokenizers keep the head of a long text; the model was trained (and scores) on head + tail.
+            json["truncation"] = "head_tail";
+            json["truncation_note"] = string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"Texts longer than max_sequence_length were cut to their first round(budget * 128 / 510) and last word pieces (budget = max_sequence_length - 2, Sun et al. 2019); cut the token ids the same way for identical scores, as Hugging Face's tokenizers keep only the head.");
+        }
+
         if (!huggingFacePooling)
         {
             json["note"] = settings.Pooling == PoolingMode.Mean
