@@ -10,22 +10,28 @@ namespace Microsoft.ML.Lora.Tests;
 /// for a key label (pair classification) and a Single label (a cross-encoder similarity score).
 /// <para>
 /// Data, built here from the sample's 3,000 labelled sentences (TestData/sentiment.tsv, 0 = negative, 1 = positive), the
-/// distinct ones of at most 15 words (so a pair fits in 48 tokens): every fifth sentence (index % 5 == 0) is held out, the others
-/// train. Within each part the sentences are shuffled (seeded), split by sentiment, and paired off without reuse: half
-/// the pairs have two sentences of the same sentiment, half one of each (which one comes first is random), so "same"
-/// and "different" are balanced and no held-out pair shares a sentence with training. The label depends on both texts
-/// together: either text alone says nothing about it (each sentence is as often in a "same" pair as in a "different" one).
-/// Key label: "same" / "different". Single label: 1 when the sentiments agree, 0 when not.
+/// distinct ones of at most 12 words (so a pair fits in 48 tokens): every fifth sentence (index % 5 == 0) is held out,
+/// the others train. Within each part the sentences are shuffled (seeded) and paired off, first with second, third with
+/// fourth, …, so no sentence is in two pairs and no held-out pair shares a sentence with training. The labels depend on
+/// both texts: the key label is how many of the two sentences are positive ("none", "one", "both", about 1 : 2 : 1, so
+/// from either text alone at most half the pairs can be placed, as many as by always answering "one"); the Single
+/// label is the pair's mean sentiment (0, 0.5 or 1), of whose variance either text alone explains at most half.
+/// </para>
+/// <para>
+/// Why not "same sentiment or not" (1 / 0): measured first with this budget (400 pairs, 3 epochs), it stayed at chance
+/// (held-out accuracy 0.58 on 200 balanced pairs, Pearson −0.04 for the 1 / 0 score): agreement is an exclusive-or of
+/// the two sentiments, which a few hundred pairs do not teach; the labels above are learnable and still need the pair.
 /// </para>
 /// </summary>
 [TestClass]
 public sealed class SentencePairTests
 {
+    private static readonly string[] CountNames = ["none", "one", "both"];
     private const int TrainPairs = 400;
-    private const int HeldOutPairs = 200;
+    private const int HeldOutPairs = 180;
     private static string root = string.Empty;
-    private static List<(string Text, string Pair, bool Same)> train = null!;
-    private static List<(string Text, string Pair, bool Same)> heldOut = null!;
+    private static List<(string Text, string Pair, int Positives)> train = null!;
+    private static List<(string Text, string Pair, int Positives)> heldOut = null!;
 
     [ClassInitialize]
     public static void Initialize(TestContext _)
@@ -38,7 +44,7 @@ public sealed class SentencePairTests
         Assert.HasCount(3000, sentences);
         // The file repeats some short sentences ("Great phone."): each text is kept once, where it first occurs.
         sentences = sentences.DistinctBy(s => s.Text, StringComparer.Ordinal)
-            .Where(s => s.Text.Split(' ', StringSplitOptions.RemoveEmptyEntries).Length <= 15).ToList();
+            .Where(s => s.Text.Split(' ', StringSplitOptions.RemoveEmptyEntries).Length <= 12).ToList();
         train = Pairs(sentences.Where(s => s.Index % 5 != 0).Select(s => (s.Text, s.Positive)).ToList(), TrainPairs, seed: 1);
         heldOut = Pairs(sentences.Where(s => s.Index % 5 == 0).Select(s => (s.Text, s.Positive)).ToList(), HeldOutPairs, seed: 2);
         var heldOutTexts = heldOut.SelectMany(p => new[] { p.Text, p.Pair }).ToHashSet(StringComparer.Ordinal);
@@ -52,8 +58,8 @@ public sealed class SentencePairTests
     public void Fit_KeyLabelPairs_ClassifiesHeldOutPairsAndLoadsInFreshProcess()
     {
         var ml = new MLContext(seed: 3);
-        var trainData = ml.Data.LoadFromEnumerable(train.Select(p => new PairKeyRow { Text = p.Text, Pair = p.Pair, Label = p.Same ? "same" : "different" }));
-        var heldOutRows = heldOut.Select(p => new PairKeyRow { Text = p.Text, Pair = p.Pair, Label = p.Same ? "same" : "different" }).ToList();
+        var trainData = ml.Data.LoadFromEnumerable(train.Select(p => new PairKeyRow { Text = p.Text, Pair = p.Pair, Label = CountNames[p.Positives] }));
+        var heldOutRows = heldOut.Select(p => new PairKeyRow { Text = p.Text, Pair = p.Pair, Label = CountNames[p.Positives] }).ToList();
         using var model = ml.Transforms.Conversion.MapValueToKey("Label")
             .Append(ml.Transforms.LoraFineTune(Options()))
             .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"))
@@ -62,8 +68,10 @@ public sealed class SentencePairTests
         var scored = model.Transform(ml.Data.LoadFromEnumerable(heldOutRows));
         var metrics = ml.MulticlassClassification.Evaluate(scored, "Label", "Score", "PredictedLabel");
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"pair classification, {heldOutRows.Count} held-out pairs (half 'same'): accuracy {metrics.MicroAccuracy:F4}, log-loss {metrics.LogLoss:F4}"));
-        Assert.IsGreaterThan(0.0, metrics.MicroAccuracy, "held-out accuracy, chance is 0.5");
+            $"pair classification, {heldOutRows.Count} held-out pairs (none : one : both = {heldOutRows.Count(r => r.Label == "none")} : {heldOutRows.Count(r => r.Label == "one")} : {heldOutRows.Count(r => r.Label == "both")}): accuracy {metrics.MicroAccuracy:F4}, log-loss {metrics.LogLoss:F4}"));
+        // Measured 0.800 (2 CPU cores, MLContext seed 3). Always answering "one" scores 94 / 180 = 0.52, and so, at best,
+        // does a model that reads only one of the two texts; 0.65 is far above both and well below the measured value.
+        Assert.IsGreaterThan(0.65, metrics.MicroAccuracy, "held-out accuracy");
 
         var expected = ml.Data.CreateEnumerable<MulticlassPrediction>(scored, reuseRowObject: false).ToList();
         var reloaded = SaveAndScoreInFreshProcess(ml, model, trainData.Schema, heldOutRows.Select(r => (r.Text, r.Pair)).ToList(), "key");
@@ -78,8 +86,8 @@ public sealed class SentencePairTests
     public void Fit_SingleLabelPairs_ScoresHeldOutPairsAndLoadsInFreshProcess()
     {
         var ml = new MLContext(seed: 4);
-        var trainData = ml.Data.LoadFromEnumerable(train.Select(p => new PairScoreRow { Text = p.Text, Pair = p.Pair, Label = p.Same ? 1f : 0f }));
-        var heldOutRows = heldOut.Select(p => new PairScoreRow { Text = p.Text, Pair = p.Pair, Label = p.Same ? 1f : 0f }).ToList();
+        var trainData = ml.Data.LoadFromEnumerable(train.Select(p => new PairScoreRow { Text = p.Text, Pair = p.Pair, Label = p.Positives / 2f }));
+        var heldOutRows = heldOut.Select(p => new PairScoreRow { Text = p.Text, Pair = p.Pair, Label = p.Positives / 2f }).ToList();
         using var model = ml.Transforms.LoraFineTune(Options()).Fit(trainData);
         Assert.AreEqual(LoraTaskKind.Regression, model.Task);
 
@@ -90,7 +98,11 @@ public sealed class SentencePairTests
         double rmseOfMean = StandardDeviation(heldOutRows.Select(r => (double)r.Label).ToArray());
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"pair similarity, {heldOutRows.Count} held-out pairs: Pearson {pearson:F4}, R² {metrics.RSquared:F4}, RMSE {metrics.RootMeanSquaredError:F4} (predicting the mean: {rmseOfMean:F4})"));
-        Assert.IsGreaterThan(-1.0, pearson, "held-out Pearson correlation, chance is 0");
+        // Measured: Pearson 0.830, R² 0.687, RMSE 0.193 against 0.346 for predicting the mean (2 CPU cores, MLContext
+        // seed 4). Chance is Pearson 0 and R² 0; the bounds sit a safe margin below the measured values.
+        Assert.IsGreaterThan(0.6, pearson, "held-out Pearson correlation");
+        Assert.IsGreaterThan(0.3, metrics.RSquared, "held-out R² (Regression.Evaluate)");
+        Assert.IsLessThan(0.85 * rmseOfMean, metrics.RootMeanSquaredError, "held-out RMSE below predicting the mean");
 
         var reloaded = SaveAndScoreInFreshProcess(ml, model, trainData.Schema, heldOutRows.Select(r => (r.Text, r.Pair)).ToList(), "single");
         for (int i = 0; i < scores.Length; i++)
@@ -133,37 +145,15 @@ public sealed class SentencePairTests
             .ToList();
     }
 
-    /// <summary>
-    /// <paramref name="count"/> pairs from <paramref name="sentences"/>, no sentence used twice: shuffled (seeded) and split
-    /// by sentiment; even pairs take two sentences of one sentiment (alternating positive and negative), odd pairs one of
-    /// each in a random order.
-    /// </summary>
-    private static List<(string Text, string Pair, bool Same)> Pairs(List<(string Text, bool Positive)> sentences, int count, int seed)
+    /// <summary>Shuffles the sentences (seeded) and pairs them off, (0, 1), (2, 3), …, <paramref name="count"/> pairs; the label is how many are positive.</summary>
+    private static List<(string Text, string Pair, int Positives)> Pairs(List<(string Text, bool Positive)> sentences, int count, int seed)
     {
-        var random = new Random(seed);
         var shuffled = sentences.ToArray();
-        random.Shuffle(shuffled);
-        var positive = new Queue<string>(shuffled.Where(s => s.Positive).Select(s => s.Text));
-        var negative = new Queue<string>(shuffled.Where(s => !s.Positive).Select(s => s.Text));
-        Assert.IsGreaterThanOrEqualTo(count, Math.Min(positive.Count, negative.Count), "enough sentences of each sentiment");
-        var pairs = new List<(string Text, string Pair, bool Same)>(count);
-        for (int i = 0; i < count; i++)
-        {
-            if (i % 2 == 0)
-            {
-                var from = i % 4 == 0 ? positive : negative;
-                pairs.Add((from.Dequeue(), from.Dequeue(), true));
-            }
-            else
-            {
-                bool positiveFirst = random.Next(2) == 0;
-                string p = positive.Dequeue();
-                string n = negative.Dequeue();
-                pairs.Add(positiveFirst ? (p, n, false) : (n, p, false));
-            }
-        }
-
-        return pairs;
+        new Random(seed).Shuffle(shuffled);
+        Assert.IsGreaterThanOrEqualTo(2 * count, shuffled.Length, "enough sentences");
+        return Enumerable.Range(0, count)
+            .Select(i => (shuffled[2 * i].Text, shuffled[2 * i + 1].Text, (shuffled[2 * i].Positive ? 1 : 0) + (shuffled[2 * i + 1].Positive ? 1 : 0)))
+            .ToList();
     }
 
     private static double Pearson(float[] x, float[] y)
