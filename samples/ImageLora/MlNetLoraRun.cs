@@ -72,7 +72,7 @@ internal static class MlNetLoraRun
         var lora = model.LastTransformer;
         long trainable = lora.TrainableParameterCount;
         lora.Dispose();
-        return new RunResult("(b) ML.NET LoraFineTuneImage: LoRA on convolutions + head", predicted, trainingTime, predictTime, trainable,
+        return new RunResult("(b) LoraFineTuneImage: LoRA on convolutions + head", predicted, trainingTime, predictTime, trainable,
             new FileInfo(path).Length, curve, metrics.MicroAccuracy);
     }
 
