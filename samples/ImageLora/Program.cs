@@ -1,8 +1,8 @@
 // ImageLora: Fashion-MNIST (a seeded subset, data/README.md) classified three ways, side by side in one run, with the
 // ImageNet ResNet-18 that ML.NET's DnnImageFeaturizer ships:
 //   (a) ML.NET's recipe: frozen ResNet-18 features (DnnFeaturizeImage, 224×224) + LbfgsMaximumEntropy;
-//   (b) LoRA on the convolutions of the same network imported into TorchSharp + a trainable linear head;
-//   (c) only a linear head on that TorchSharp network (what the adapters add is the difference between (b) and (c)).
+//   (b) LoRA on the convolutions of the same network + a trainable linear head, through ML.NET's LoraFineTuneImage;
+//   (c) only a linear head on that network imported into TorchSharp (what the adapters add is the difference between (b) and (c)).
 //
 //   dotnet run --project samples/ImageLora -c Release
 //   dotnet run --project samples/ImageLora -c Release -- --size 84 --epochs 3 --train 2000

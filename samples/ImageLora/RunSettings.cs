@@ -96,9 +96,9 @@ internal sealed record SampleData(LabelledImages Train, LabelledImages Validatio
     }
 }
 
-/// <summary>One method's outcome on the test images.</summary>
+/// <summary>One method's outcome on the test images (<see cref="EvaluatorAccuracy"/>: ML.NET's evaluator's micro-accuracy, where one ran).</summary>
 internal sealed record RunResult(string Name, int[] Predicted, TimeSpan TrainingTime, TimeSpan PredictTime, long TrainableParameters,
-    long ModelBytes, IReadOnlyList<EpochPoint> Curve);
+    long ModelBytes, IReadOnlyList<EpochPoint> Curve, double? EvaluatorAccuracy = null);
 
 /// <summary>One epoch: mean training loss and validation accuracy at its end.</summary>
 internal sealed record EpochPoint(int Epoch, double TrainingLoss, double ValidationAccuracy);

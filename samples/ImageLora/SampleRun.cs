@@ -29,9 +29,9 @@ internal static class SampleRun
             Report(results[^1]);
         }
 
-        using var normalization = ImageNormalization.FromOnnx(settings.PreprocessPath);
-        results.Add(TorchSharpRuns.Lora(settings, data, normalization, settings.OutputDirectory, log));
+        results.Add(MlNetLoraRun.Run(new MLContext(seed: settings.Seed), settings, data, settings.OutputDirectory, log));
         Report(results[^1]);
+        using var normalization = ImageNormalization.FromOnnx(settings.PreprocessPath);
         results.Add(TorchSharpRuns.HeadOnly(settings, data, normalization, settings.OutputDirectory, log));
         Report(results[^1]);
 

@@ -8,81 +8,13 @@ using static TorchSharp.torch;
 namespace ImageLora;
 
 /// <summary>
-/// (b) and (c) on the direct TorchSharp path: the ML.NET ResNet-18 imported into TorchSharp (<see cref="ResNet.FromOnnx"/>,
-/// BatchNorm frozen, global average pooling so that sizes other than 224 work), then
-/// (b) LoRA on every 3×3/7×7 convolution (<c>conv1</c>, <c>conv2</c> of each block and the stem; not the 1×1 shortcuts)
-/// and a trainable linear head, trained together, or
-/// (c) the same network without adapters and only a linear head, trained on its frozen features.
+/// (c) on the direct TorchSharp path: the ML.NET ResNet-18 imported into TorchSharp (<see cref="ResNet.FromOnnx"/>,
+/// BatchNorm frozen, global average pooling so that sizes other than 224 work) without adapters, and only a linear head
+/// trained on its frozen features ((b) adds LoRA on the convolutions of the same network: <see cref="MlNetLoraRun"/>).
 /// </summary>
 internal static class TorchSharpRuns
 {
     private const int PredictBatch = 128;
-
-    /// <summary>Gradient clipping of (b): the base's activations are large (0–255 inputs, no scaling), and so are early gradients.</summary>
-    private const double MaxGradientNorm = 1.0;
-
-    /// <summary>(b): LoRA on the convolutions + head, trained end to end through the network.</summary>
-    public static RunResult Lora(RunSettings settings, SampleData data, ImageNormalization normalization, string workDirectory, Action<string> log)
-    {
-        var images = new ImageTensors(normalization, settings.Size);
-        torch.manual_seed(settings.Seed);
-        var watch = Stopwatch.StartNew();
-        using var model = ResNet.FromOnnx(settings.ResNetPath, numClasses: FashionMnist.ClassNames.Length);
-        var config = new LoraConfig
-        {
-            r = settings.Rank,
-            lora_alpha = settings.Alpha,
-            target_modules_regex = settings.TargetModules,
-            modules_to_save = ["fc"],
-        };
-        lora.inject_adapter_in_model(config, model);
-        var parameters = model.parameters().Where(p => p.requires_grad).ToList();
-        long trainable = parameters.Sum(p => p.numel());
-        using var optimizer = optim.AdamW(parameters, lr: settings.LearningRate, weight_decay: 0);
-        var curve = new List<EpochPoint>();
-        var evaluationTime = TimeSpan.Zero;
-        var schedule = new LearningRateSchedule(settings.LearningRate, settings.Epochs * StepsPerEpoch(data.Train.Count, settings.BatchSize));
-        var random = new Random(settings.Seed);
-        int[] order = [.. Enumerable.Range(0, data.Train.Count)];
-        for (int epoch = 1; epoch <= settings.Epochs; epoch++)
-        {
-            var epochCpu = Environment.CpuUsage.TotalTime;
-            var epochWatch = Stopwatch.StartNew();
-            model.train();
-            random.Shuffle(order);
-            double lossSum = 0;
-            foreach (var rows in order.Chunk(settings.BatchSize))
-            {
-                using var scope = NewDisposeScope();
-                optimizer.ParamGroups.First().LearningRate = schedule.Next();
-                optimizer.zero_grad();
-                var loss = nn.functional.cross_entropy(model.call(images.Batch(data.Train, rows)), ImageTensors.Labels(data.Train, rows));
-                loss.backward();
-                nn.utils.clip_grad_norm_(parameters, MaxGradientNorm);
-                optimizer.step();
-                lossSum += loss.item<float>() * rows.Length;
-            }
-
-            double epochSeconds = epochWatch.Elapsed.TotalSeconds, epochCpuSeconds = (Environment.CpuUsage.TotalTime - epochCpu).TotalSeconds;
-            var evaluation = Stopwatch.StartNew();
-            model.eval();
-            double validation = Metrics.Accuracy(data.Validation.Labels, Predict(model, data.Validation, images));
-            evaluationTime += evaluation.Elapsed;
-            curve.Add(new EpochPoint(epoch, lossSum / data.Train.Count, validation));
-            log($"  (b) epoch {epoch}/{settings.Epochs}: training loss {lossSum / data.Train.Count:F4}, validation accuracy {validation:F4} (training {epochSeconds:F1} s, {1000 * epochSeconds / data.Train.Count:F1} ms/image; process CPU {1000 * epochCpuSeconds / data.Train.Count:F1} ms/image)");
-        }
-
-        var trainingTime = watch.Elapsed - evaluationTime;
-        var predictWatch = Stopwatch.StartNew();
-        model.eval();
-        int[] predicted = Predict(model, data.Test, images);
-        var predictTime = predictWatch.Elapsed;
-
-        // What must be stored beside the base: the PEFT adapter (LoRA factors of the convolutions + the head), zipped.
-        string adapterDirectory = PeftAdapter.Save(model, Path.Combine(workDirectory, "lora-adapter"));
-        long zipBytes = Zip(adapterDirectory, Path.Combine(workDirectory, "ImageLora.lora-adapter.zip"));
-        return new RunResult("(b) LoRA on the convolutions + head", predicted, trainingTime, predictTime, trainable, zipBytes, curve);
-    }
 
     /// <summary>(c): only a linear head on the frozen features of the same network (no adapters).</summary>
     public static RunResult HeadOnly(RunSettings settings, SampleData data, ImageNormalization normalization, string workDirectory, Action<string> log)
@@ -146,19 +78,6 @@ internal static class TorchSharpRuns
     }
 
     private static int StepsPerEpoch(int rows, int batchSize) => (rows + batchSize - 1) / batchSize;
-
-    private static int[] Predict(ResNet model, LabelledImages set, ImageTensors images)
-    {
-        var predicted = new List<int>(set.Count);
-        using var noGrad = no_grad();
-        foreach (var rows in Enumerable.Range(0, set.Count).Chunk(PredictBatch))
-        {
-            using var scope = NewDisposeScope();
-            predicted.AddRange(model.call(images.Batch(set, rows)).argmax(1).data<long>().Select(v => (int)v));
-        }
-
-        return [.. predicted];
-    }
 
     private static Tensor Features(ResNet model, LabelledImages set, ImageTensors images)
     {
