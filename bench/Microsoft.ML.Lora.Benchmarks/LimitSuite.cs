@@ -99,8 +99,9 @@ internal sealed class LimitSuite : IDisposable
 
     /// <summary>
     /// Peak fp32 rate from the CPU flags and clock in /proc/cpuinfo: lanes × FMA units × 2 flops × GHz × cores used.
-    /// Assumes 2 FMA pipes per core (AMD Zen 2–4: 2 × 256-bit; Intel Xeon Gold/Platinum: 2 × 512-bit) and the clock
-    /// /proc/cpuinfo shows (a VM shows the nominal clock; turbo is not visible).
+    /// Assumes 2 FMA pipes per core (AMD Zen 2–4: 2 × 256-bit, Zen 4 splitting AVX-512 into halves; AMD Zen 5, CPU family
+    /// 26: 2 × 512-bit; Intel Xeon Gold/Platinum: 2 × 512-bit) and the clock /proc/cpuinfo shows (a VM shows the nominal
+    /// clock; turbo is not visible, so a kernel can beat this "peak").
     /// </summary>
     public static double PeakGflops(int cores, out string assumption)
     {
@@ -110,14 +111,18 @@ internal sealed class LimitSuite : IDisposable
         bool avx512 = flags.Contains(" avx512f", StringComparison.Ordinal);
         bool fma = flags.Contains(" fma", StringComparison.Ordinal);
         // Zen 4 runs AVX-512 as two 256-bit halves: its fp32 FMA throughput per cycle is that of 2 × 256-bit pipes.
-        int lanes = avx512 && !amd ? 16 : fma ? 8 : 4;
+        // Zen 5 (family 26) has full 512-bit FMA pipes.
+        string? familyLine = info.Split('\n').FirstOrDefault(l => l.StartsWith("cpu family", StringComparison.Ordinal));
+        int family = familyLine is null ? 0 : int.Parse(familyLine[(familyLine.IndexOf(':') + 1)..].Trim(), System.Globalization.CultureInfo.InvariantCulture);
+        bool wide = avx512 && (!amd || family >= 26);
+        int lanes = wide ? 16 : fma ? 8 : 4;
         const int fmaUnits = 2;
         string? mhzLine = info.Split('\n').FirstOrDefault(l => l.StartsWith("cpu MHz", StringComparison.Ordinal));
         double ghz = mhzLine is null ? double.NaN
             : double.Parse(mhzLine[(mhzLine.IndexOf(':') + 1)..].Trim(), System.Globalization.CultureInfo.InvariantCulture) / 1000;
         double peak = lanes * fmaUnits * 2 * ghz * cores;
         assumption = FormattableString.Invariant(
-            $"{lanes} fp32 lanes ({(avx512 && !amd ? "AVX-512" : fma ? "AVX2+FMA" : "SSE")}{(avx512 && amd ? "; AMD runs AVX-512 on 256-bit pipes" : "")}) × {fmaUnits} FMA units × 2 flops × {ghz:F3} GHz (cpu MHz in /proc/cpuinfo, no turbo) × {cores} cores");
+            $"{lanes} fp32 lanes ({(wide ? "AVX-512" : fma ? "AVX2+FMA" : "SSE")}{(avx512 && amd ? (wide ? $"; AMD family {family} (Zen 5) has 512-bit pipes" : "; AMD before Zen 5 runs AVX-512 on 256-bit pipes") : "")}) × {fmaUnits} FMA units × 2 flops × {ghz:F3} GHz (cpu MHz in /proc/cpuinfo, no turbo) × {cores} cores");
         return peak;
     }
 

@@ -50,6 +50,7 @@ if (suites.Contains("images")) ImageSuite.Run(report, quick);
 if (suites.Contains("longtext")) LongTextSuite.Run(report, repoRoot, quick);
 if (suites.Contains("recompute")) RecomputeSuite.Run(report, threads, quick);
 if (suites.Contains("bf16")) Bf16Suite.Run(report, threads, quick);
+if (suites.Contains("kernels")) KernelSuite.Run(report, quick);
 if (suites.Contains("reliability")) ReliabilitySuite.Run(report, repoRoot, quick);
 report.Note(runLoad.Summary("the whole run"));
 report.Write(threads);

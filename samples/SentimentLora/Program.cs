@@ -47,7 +47,9 @@ for (int i = 0; i < args.Length; i++)
         case "--no-group": options.GroupByLength = false; break;
         case "--no-token-cache": options.TokenCacheBytes = 0; break;
         case "--no-validation": validate = false; break;
-        default: Console.Error.WriteLine($"Unknown argument '{args[i]}'. Options: --epochs N --targets a,b --learning-rate X --rank R --max-length T --no-probe --no-validation --no-group --no-token-cache"); return 2;
+        case "--precision": options.Precision = Enum.Parse<LoraPrecision>(args[++i], ignoreCase: true); break;
+        case "--truncation": options.Truncation = Enum.Parse<TruncationStrategy>(args[++i], ignoreCase: true); break;
+        default: Console.Error.WriteLine($"Unknown argument '{args[i]}'. Options: --epochs N --targets a,b --learning-rate X --rank R --max-length T --no-probe --no-validation --no-group --no-token-cache --truncation Head|HeadTail --precision Auto|Float32|BFloat16"); return 2;
     }
 }
 
@@ -172,6 +174,7 @@ table.AddRow("Training time", $"{trainingTime.TotalSeconds:F1} s ({epochs.Count}
 table.AddRow("Training throughput", $"{trainRows * epochs.Count / trainingTime.TotalSeconds:F1} rows/s");
 table.AddRow("Inference throughput", $"{testRows / evalSeconds:F1} rows/s");
 table.AddRow("Trainable parameters", $"{lora.TrainableParameterCount:N0} of {lora.TotalParameterCount:N0} ({100.0 * lora.TrainableParameterCount / lora.TotalParameterCount:F2} %)");
+table.AddRow("Encoder precision", $"{lora.EncoderPrecision} (option {options.Precision})");
 table.AddRow("Adapted modules", $"{lora.AdaptedModules.Count} ({string.Join(", ", options.TargetModules)}), r={options.Rank}, alpha={options.Alpha}");
 table.AddRow("Model file", $"{zipBytes / 1024.0:F1} KiB ({modelPath})");
 table.AddRow("ONNX export: accuracy with ONNX Runtime (no TorchSharp)", $"{onnxMetrics.MicroAccuracy:F4}");

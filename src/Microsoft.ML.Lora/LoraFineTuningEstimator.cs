@@ -89,6 +89,13 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             options.Pooling, options.MaxSequenceLength, scaling.Mean, scaling.Scale, options.Truncation, options.InferenceWindowStride);
 
         using var channel = host.Start("LoraFineTuning");
+        if (options.Precision == LoraPrecision.Auto && device.type == TorchSharp.DeviceType.CPU)
+        {
+            MlNetHost.Info(channel, CpuBFloat16.IsFaster
+                ? $"Precision Auto: the frozen encoder runs in bfloat16 on this CPU ({CpuBFloat16.Reason}); set Precision = Float32 for float32."
+                : $"Precision Auto: float32 on this CPU ({CpuBFloat16.Reason}).");
+        }
+
         if (statistics.Skipped > 0)
         {
             MlNetHost.Info(channel, string.Create(CultureInfo.InvariantCulture,

@@ -186,10 +186,12 @@ public sealed class LoraFineTuningOptions
 
     /// <summary>
     /// Precision of the frozen encoder, for training and for <c>Transform</c> of the trained model. Default
-    /// <see cref="LoraPrecision.Auto"/>: bfloat16 on a CUDA device (<c>mlContext.GpuDeviceId</c>), float32 on the CPU.
+    /// <see cref="LoraPrecision.Auto"/>: bfloat16 on a CUDA device (<c>mlContext.GpuDeviceId</c>) and on a CPU with native
+    /// bfloat16 instructions where it is measured faster, float32 on other CPUs (the rule: <see cref="LoraPrecision.Auto"/>).
     /// LoRA factors, head, loss and optimizer state are float32 in every mode, and the model file holds only float32
-    /// tensors: a model trained in bfloat16 on a GPU loads as a float32 model on the CPU. Loading on a GPU uses bfloat16
-    /// unless the model was trained with <see cref="LoraPrecision.Float32"/>. No float16 mode (see <see cref="LoraPrecision"/>).
+    /// tensors: a model trained in bfloat16 loads as a float32 model on a CPU without native bfloat16. Loading uses
+    /// bfloat16 where Auto chooses it, unless the model was trained with <see cref="LoraPrecision.Float32"/>. No float16
+    /// mode (see <see cref="LoraPrecision"/>).
     /// </summary>
     public LoraPrecision Precision = LoraPrecision.Auto;
 

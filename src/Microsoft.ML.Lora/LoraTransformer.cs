@@ -111,6 +111,12 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     /// <summary>SHA-256 fingerprint of the base weights (checked when a saved model is loaded).</summary>
     public string BaseModelSha256 => Model.BaseWeightsSha256;
 
+    /// <summary>
+    /// The precision the frozen encoder runs in here: <see cref="LoraPrecision.Float32"/> or <see cref="LoraPrecision.BFloat16"/>
+    /// (what <see cref="LoraPrecision.Auto"/> resolved to on this device and CPU).
+    /// </summary>
+    public LoraPrecision EncoderPrecision => Model.EncoderDtype == TorchSharp.torch.ScalarType.BFloat16 ? LoraPrecision.BFloat16 : LoraPrecision.Float32;
+
     /// <summary>True: the transformer maps rows one to one (so <c>PredictionEngine</c> works).</summary>
     public bool IsRowToRowMapper => true;
 

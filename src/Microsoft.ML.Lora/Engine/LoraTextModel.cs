@@ -88,7 +88,7 @@ internal sealed class LoraTextModel : ILoraModel<TokenizedRow>
     /// <param name="lease">The base, already on <paramref name="device"/> in the encoder dtype of <paramref name="precision"/>.</param>
     /// <param name="descriptor">The base's descriptor, recorded when the model is saved.</param>
     /// <param name="device">Device for all weights.</param>
-    /// <param name="precision">Precision asked for; resolved for <paramref name="device"/> (see <see cref="DeviceResolver.ResolveEncoderDtype"/>).</param>
+    /// <param name="precision">Precision asked for; resolved for <paramref name="device"/> (see <see cref="DeviceResolver.ResolveEncoderDtype(LoraPrecision, Device)"/>).</param>
     /// <param name="label">Task and outputs.</param>
     /// <param name="settings">Adapter shape.</param>
     /// <param name="seed">Seed of the head and adapter initialisation.</param>
