@@ -18,7 +18,7 @@ public enum LoraPrecision
     /// instructions (<c>avx512_bf16</c> or AMX, oneDNN not capped below them by <c>ONEDNN_MAX_CPU_ISA</c>) where a
     /// 512² bfloat16 matrix product is measured at least 1.3× as fast as float32 (a probe of a few milliseconds, once per
     /// process); <see cref="Float32"/> everywhere else. Measured on an AMD EPYC (Zen 5, <c>avx512_bf16</c>): the sample
-    /// trained 1.96× and scored 1.82× faster in bfloat16 at the same held-out accuracy (0.919 vs 0.917); on CPUs
+    /// trained 1.93× and scored 2.39× faster in bfloat16 at the same held-out accuracy (0.919 vs 0.917); on CPUs
     /// without native bfloat16 (AVX2 only) the bfloat16 encoder is 2–15× slower (bench/README.md). Set the environment
     /// variable <c>MICROSOFT_ML_LORA_CPU_AUTO_FLOAT32=1</c> to keep Auto float32 on every CPU (the same scores on every
     /// machine of a mixed fleet), or choose <see cref="Float32"/> for one pipeline.
