@@ -214,7 +214,33 @@ public abstract class LoraConvNd : LoraLayer
         return base.load_state_dict(source, strict, skip);
     }
 
-    private Tensor Convolve(Tensor x, Tensor w, Tensor? b, long[] s, long[] p, long[] d) => dims switch
+    /// <summary>
+    /// Output channels are padded to a multiple of this where libtorch's CPU convolutions compute a wrong input gradient.
+    /// </summary>
+    internal const int CpuOutputChannelBlock = 16;
+
+    private Tensor Convolve(Tensor x, Tensor w, Tensor? b, long[] s, long[] p, long[] d)
+    {
+        // libtorch 2.10's CPU convolution (oneDNN) computes a wrong input gradient — errors of 25–90 % of the largest
+        // value, or NaN — for kernels larger than 1 whose output channels are not a multiple of the kernel's vector block
+        // (8 on AVX2, 16 on AVX-512), e.g. PEFT's rank-8 lora_A on a 3×3 convolution (ConvNumericsTests). Where that
+        // gradient is needed, the kernel gets zero output channels up to a multiple of 16 and the result is cut back:
+        // the same values, the right gradients, for the cost of the extra channels.
+        long outChannels = w.shape[0];
+        if (groups == 1 && outChannels % CpuOutputChannelBlock != 0 && x.requires_grad && torch.is_grad_enabled()
+            && x.device_type == DeviceType.CPU && w.shape.Skip(2).Any(k => k > 1))
+        {
+            using var scope = torch.NewDisposeScope();
+            long padded = (outChannels + CpuOutputChannelBlock - 1) / CpuOutputChannelBlock * CpuOutputChannelBlock;
+            var wPadded = torch.cat([w, torch.zeros([padded - outChannels, .. w.shape.Skip(1)], w.dtype, w.device)], 0);
+            var bPadded = b is null ? null : torch.cat([b, torch.zeros(padded - outChannels, b.dtype, b.device)], 0);
+            return ConvolveDirect(x, wPadded, bPadded, s, p, d).narrow(1, 0, outChannels).MoveToOuterDisposeScope();
+        }
+
+        return ConvolveDirect(x, w, b, s, p, d);
+    }
+
+    private Tensor ConvolveDirect(Tensor x, Tensor w, Tensor? b, long[] s, long[] p, long[] d) => dims switch
     {
         1 => nn.functional.conv1d(x, w, b, s[0], p[0], d[0], groups),
         2 => nn.functional.conv2d(x, w, b, s, p, d, groups),
