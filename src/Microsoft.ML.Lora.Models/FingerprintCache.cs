@@ -21,7 +21,37 @@ internal static class FingerprintCache
         return stamp is not null && Known.TryGetValue(stamp, out sha256!);
     }
 
-    /// <summary>Remembers the fingerprint of the files under <paramref name="stamp"/> (from <see cref="Stamp"/>, taken before reading).</summary>
+    /// <summary>The fingerprint recorded under <paramref name="stamp"/> (from <see cref="Stamp(string, IReadOnlyList{string})"/>), if any.</summary>
+    public static bool TryGet(string? stamp, out string sha256)
+    {
+        sha256 = string.Empty;
+        return stamp is not null && Known.TryGetValue(stamp, out sha256!);
+    }
+
+    /// <summary>
+    /// The stamp of a base made of the given files (e.g. an image model and its preprocessing graph): the kind, then each
+    /// file's full path, size and last-write time. Null when a file is not there.
+    /// </summary>
+    public static string? Stamp(string kind, IReadOnlyList<string> files)
+    {
+        var text = new StringBuilder(kind);
+        foreach (var path in files)
+        {
+            var file = new FileInfo(path);
+            if (!file.Exists)
+            {
+                return null;
+            }
+
+            text.Append('\n').Append(file.FullName).Append('|')
+                .Append(file.Length.ToString(CultureInfo.InvariantCulture)).Append('|')
+                .Append(file.LastWriteTimeUtc.Ticks.ToString(CultureInfo.InvariantCulture));
+        }
+
+        return text.ToString();
+    }
+
+    /// <summary>Remembers the fingerprint of the files under <paramref name="stamp"/> (from <see cref="Stamp(PretrainedModel)"/>, taken before reading).</summary>
     public static void Remember(string? stamp, string sha256)
     {
         if (stamp is not null)

@@ -233,17 +233,28 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
     private static LoraFineTuningOptions Validate(LoraFineTuningOptions source)
     {
         var o = source.Clone();
-        CheckName(o.LabelColumnName, nameof(o.LabelColumnName));
-        CheckName(o.TextColumnName, nameof(o.TextColumnName));
-        CheckName(o.ScoreColumnName, nameof(o.ScoreColumnName));
-        CheckName(o.PredictedLabelColumnName, nameof(o.PredictedLabelColumnName));
-        CheckName(o.ProbabilityColumnName, nameof(o.ProbabilityColumnName));
+        var inputs = new List<(string Field, string Name)>
+        {
+            (nameof(o.TextColumnName), o.TextColumnName),
+            (nameof(o.LabelColumnName), o.LabelColumnName),
+        };
         if (o.TextPairColumnName is not null)
         {
-            CheckName(o.TextPairColumnName, nameof(o.TextPairColumnName));
+            inputs.Add((nameof(o.TextPairColumnName), o.TextPairColumnName));
         }
 
-        CheckDistinctNames(o);
+        (string Field, string Name)[] outputs =
+        [
+            (nameof(o.ScoreColumnName), o.ScoreColumnName),
+            (nameof(o.PredictedLabelColumnName), o.PredictedLabelColumnName),
+            (nameof(o.ProbabilityColumnName), o.ProbabilityColumnName),
+        ];
+        foreach (var (field, name) in inputs.Concat(outputs))
+        {
+            OptionChecks.ColumnName(name, field);
+        }
+
+        OptionChecks.DistinctOutputs(outputs, inputs, "text, pair or label");
         if (o.BaseModel is null)
         {
             throw new ArgumentNullException(nameof(LoraFineTuningOptions.BaseModel), "BaseModel must name a pretrained model, e.g. PretrainedModel.MiniLmL6V2.");
@@ -255,42 +266,8 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
         }
 
         o.TargetModules = o.TargetModules.ToList();
-        Positive(o.Rank, nameof(o.Rank));
-        if (!(o.Alpha > 0) || !double.IsFinite(o.Alpha))
-        {
-            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.Alpha), o.Alpha, "Alpha must be a positive number.");
-        }
-
-        if (!(o.Dropout >= 0 && o.Dropout < 1))
-        {
-            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.Dropout), o.Dropout, "Dropout must be in [0, 1).");
-        }
-
-        Positive(o.BatchSize, nameof(o.BatchSize));
-        if (o.InitialPeftAdapter is null)
-        {
-            Positive(o.MaxEpochs, nameof(o.MaxEpochs));
-        }
-        else if (o.MaxEpochs < 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.MaxEpochs), o.MaxEpochs,
-                "MaxEpochs must be 0 (use the initial PEFT adapter as it is) or positive.");
-        }
-        if (!(o.LearningRate > 0) || !double.IsFinite(o.LearningRate))
-        {
-            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.LearningRate), o.LearningRate, "LearningRate must be a positive number.");
-        }
-
-        if (!(o.WeightDecay >= 0) || !double.IsFinite(o.WeightDecay))
-        {
-            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.WeightDecay), o.WeightDecay, "WeightDecay must be 0 or positive.");
-        }
-
-        if (!(o.WarmupRatio >= 0 && o.WarmupRatio < 1))
-        {
-            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.WarmupRatio), o.WarmupRatio, "WarmupRatio must be in [0, 1).");
-        }
-
+        OptionChecks.Adapter(o.Rank, o.Alpha, o.Dropout);
+        OptionChecks.Training(TrainingSettings.From(o), zeroEpochsAllowed: o.InitialPeftAdapter is not null);
         int minLength = o.TextPairColumnName is null ? 3 : 4;
         if (o.MaxSequenceLength < minLength)
         {
@@ -298,11 +275,6 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
                 string.Create(CultureInfo.InvariantCulture, $"MaxSequenceLength must be at least {minLength} (special tokens plus text)."));
         }
 
-        Positive(o.GradientAccumulationSteps, nameof(o.GradientAccumulationSteps));
-        Positive(o.ShuffleBufferSize, nameof(o.ShuffleBufferSize));
-        Positive(o.EarlyStoppingPatience, nameof(o.EarlyStoppingPatience));
-        Positive(o.InferenceBatchSize, nameof(o.InferenceBatchSize));
-        Positive(o.ProgressInterval, nameof(o.ProgressInterval));
         if (!Enum.IsDefined(o.Precision))
         {
             throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.Precision), o.Precision, "Precision must be Auto, Float32 or BFloat16.");
@@ -338,61 +310,6 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
                 nameof(LoraFineTuningOptions.Recomputation));
         }
 
-        if (double.IsNaN(o.ClipNorm))
-        {
-            throw new ArgumentOutOfRangeException(nameof(LoraFineTuningOptions.ClipNorm), o.ClipNorm, "ClipNorm must be a number (0 or less disables clipping).");
-        }
-
         return o;
-    }
-
-    // An output column may hide an input column of the same name that the model does not read (ML.NET's convention),
-    // but not another output column nor the text, pair or label column.
-    private static void CheckDistinctNames(LoraFineTuningOptions o)
-    {
-        var outputs = new[]
-        {
-            (Field: nameof(o.ScoreColumnName), Name: o.ScoreColumnName),
-            (Field: nameof(o.PredictedLabelColumnName), Name: o.PredictedLabelColumnName),
-            (Field: nameof(o.ProbabilityColumnName), Name: o.ProbabilityColumnName),
-        };
-        var inputs = new List<(string Field, string Name)>
-        {
-            (nameof(o.TextColumnName), o.TextColumnName),
-            (nameof(o.LabelColumnName), o.LabelColumnName),
-        };
-        if (o.TextPairColumnName is not null)
-        {
-            inputs.Add((nameof(o.TextPairColumnName), o.TextPairColumnName));
-        }
-
-        for (int i = 0; i < outputs.Length; i++)
-        {
-            foreach (var other in outputs.Skip(i + 1).Concat(inputs))
-            {
-                if (string.Equals(outputs[i].Name, other.Name, StringComparison.Ordinal))
-                {
-                    throw new ArgumentException(
-                        $"{outputs[i].Field} and {other.Field} are both '{other.Name}'; an output column must not take the name of another output or of the text, pair or label column.",
-                        outputs[i].Field);
-                }
-            }
-        }
-    }
-
-    private static void CheckName(string? name, string field)
-    {
-        if (string.IsNullOrWhiteSpace(name))
-        {
-            throw new ArgumentException($"{field} must name a column.", field);
-        }
-    }
-
-    private static void Positive(int value, string field)
-    {
-        if (value < 1)
-        {
-            throw new ArgumentOutOfRangeException(field, value, $"{field} must be at least 1.");
-        }
     }
 }

@@ -86,26 +86,46 @@ public sealed class LoraImageFineTuningEstimator : IEstimator<LoraImageTransform
                 $"Skipped {statistics.Skipped} rows with a missing label in column '{options.LabelColumnName}'; training on {statistics.Rows} rows."));
         }
 
+        // Training never merges (the base is shared with the other image models in this process); a private merged copy,
+        // when LoraBaseModels.PrivateMergedCopies asks for one, is built at the end on the same base.
+        bool mergedCopy = LoraBaseModels.PrivateMergedCopies;
         var baseModel = ImageBase.From(options.BaseModelPath, options.PreprocessModelPath);
-        var model = LoraImageModel.Create(baseModel, device, label, settings, seed, merge: true);
+        var model = LoraImageModel.Create(baseModel, device, label, settings, seed, mergedCopy: false);
         try
         {
             var trainer = new LoraTrainer<ImageRow>(env, channel, TrainingSettings.From(options), model, training, validation, seed);
             var best = trainer.Train(statistics.Rows);
-            if (best is not null)
+            if (!mergedCopy)
             {
-                try
+                if (best is not null)
                 {
-                    model.LoadAdapterState(best);
+                    try
+                    {
+                        model.LoadAdapterState(best);
+                    }
+                    finally
+                    {
+                        LoraTrainer.DisposeState(best);
+                    }
                 }
-                finally
-                {
-                    LoraTrainer.DisposeState(best);
-                }
+
+                model.Model.eval();
+                return new LoraImageTransformer(model, Columns, options.InferenceBatchSize);
             }
 
-            model.Model.eval();
-            return new LoraImageTransformer(model, Columns, options.InferenceBatchSize);
+            var state = best ?? model.AdapterState();
+            try
+            {
+                var rebuilt = LoraImageModel.Create(baseModel, device, label, settings, seed, mergedCopy);
+                rebuilt.LoadAdapterState(state);
+                rebuilt.Model.eval();
+                model.Dispose();
+                return new LoraImageTransformer(rebuilt, Columns, options.InferenceBatchSize);
+            }
+            finally
+            {
+                LoraTrainer.DisposeState(state);
+            }
         }
         catch
         {
@@ -154,35 +174,23 @@ public sealed class LoraImageFineTuningEstimator : IEstimator<LoraImageTransform
     private static LoraImageFineTuningOptions Validate(LoraImageFineTuningOptions source)
     {
         var o = source.Clone();
-        (string Field, string Name)[] names =
+        (string Field, string Name)[] inputs =
         [
             (nameof(o.ImageColumnName), o.ImageColumnName),
             (nameof(o.LabelColumnName), o.LabelColumnName),
+        ];
+        (string Field, string Name)[] outputs =
+        [
             (nameof(o.ScoreColumnName), o.ScoreColumnName),
             (nameof(o.PredictedLabelColumnName), o.PredictedLabelColumnName),
             (nameof(o.ProbabilityColumnName), o.ProbabilityColumnName),
         ];
-        foreach (var (field, name) in names)
+        foreach (var (field, name) in inputs.Concat(outputs))
         {
-            if (string.IsNullOrWhiteSpace(name))
-            {
-                throw new ArgumentException($"{field} must name a column.", field);
-            }
+            OptionChecks.ColumnName(name, field);
         }
 
-        // An output column must not take the name of another output nor of the image or label column.
-        for (int i = 2; i < names.Length; i++)
-        {
-            foreach (var other in names.Where((_, j) => j != i && (j < 2 || j > i)))
-            {
-                if (string.Equals(names[i].Name, other.Name, StringComparison.Ordinal))
-                {
-                    throw new ArgumentException(
-                        $"{names[i].Field} and {other.Field} are both '{other.Name}'; an output column must not take the name of another output or of the image or label column.", names[i].Field);
-                }
-            }
-        }
-
+        OptionChecks.DistinctOutputs(outputs, inputs, "image or label");
         if (string.IsNullOrWhiteSpace(o.TargetModules))
         {
             throw new ArgumentException(@"TargetModules must be a regular expression over module paths, e.g. layer\d+\.\d+\.conv[12].", nameof(LoraImageFineTuningOptions.TargetModules));
@@ -202,52 +210,8 @@ public sealed class LoraImageFineTuningEstimator : IEstimator<LoraImageTransform
             throw new ArgumentOutOfRangeException(nameof(LoraImageFineTuningOptions.ImageSize), o.ImageSize, "ImageSize must be between 32 and 1024 pixels (a multiple of 32 fits the network's stride).");
         }
 
-        Positive(o.Rank, nameof(o.Rank));
-        Positive(o.BatchSize, nameof(o.BatchSize));
-        Positive(o.MaxEpochs, nameof(o.MaxEpochs));
-        Positive(o.GradientAccumulationSteps, nameof(o.GradientAccumulationSteps));
-        Positive(o.ShuffleBufferSize, nameof(o.ShuffleBufferSize));
-        Positive(o.EarlyStoppingPatience, nameof(o.EarlyStoppingPatience));
-        Positive(o.InferenceBatchSize, nameof(o.InferenceBatchSize));
-        Positive(o.ProgressInterval, nameof(o.ProgressInterval));
-        PositiveNumber(o.Alpha, nameof(o.Alpha));
-        PositiveNumber(o.LearningRate, nameof(o.LearningRate));
-        if (!(o.Dropout >= 0 && o.Dropout < 1))
-        {
-            throw new ArgumentOutOfRangeException(nameof(LoraImageFineTuningOptions.Dropout), o.Dropout, "Dropout must be in [0, 1).");
-        }
-
-        if (!(o.WeightDecay >= 0) || !double.IsFinite(o.WeightDecay))
-        {
-            throw new ArgumentOutOfRangeException(nameof(LoraImageFineTuningOptions.WeightDecay), o.WeightDecay, "WeightDecay must be 0 or a positive number.");
-        }
-
-        if (!(o.WarmupRatio >= 0 && o.WarmupRatio < 1))
-        {
-            throw new ArgumentOutOfRangeException(nameof(LoraImageFineTuningOptions.WarmupRatio), o.WarmupRatio, "WarmupRatio must be in [0, 1).");
-        }
-
-        if (double.IsNaN(o.ClipNorm))
-        {
-            throw new ArgumentOutOfRangeException(nameof(LoraImageFineTuningOptions.ClipNorm), o.ClipNorm, "ClipNorm must be a number (0 or less disables clipping).");
-        }
-
+        OptionChecks.Adapter(o.Rank, o.Alpha, o.Dropout);
+        OptionChecks.Training(TrainingSettings.From(o), zeroEpochsAllowed: false);
         return o;
-    }
-
-    private static void Positive(int value, string field)
-    {
-        if (value < 1)
-        {
-            throw new ArgumentOutOfRangeException(field, value, $"{field} must be at least 1.");
-        }
-    }
-
-    private static void PositiveNumber(double value, string field)
-    {
-        if (!(value > 0) || !double.IsFinite(value))
-        {
-            throw new ArgumentOutOfRangeException(field, value, $"{field} must be a positive number.");
-        }
     }
 }

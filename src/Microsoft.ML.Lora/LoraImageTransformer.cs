@@ -9,8 +9,9 @@ namespace Microsoft.ML.Lora;
 /// <summary>
 /// A pretrained image model with trained LoRA adapters on its convolutions and a linear head, produced by
 /// <see cref="LoraImageFineTuningEstimator"/>. <see cref="Transform"/> is lazy and batched; <see cref="GetRowToRowMapper"/>
-/// makes it work in <c>PredictionEngine</c>. On the CPU inference runs with the LoRA updates merged into the
-/// convolution weights.
+/// makes it work in <c>PredictionEngine</c>. The network's weights are shared with every other image model on the same
+/// base in this process, and LoRA runs beside the frozen convolutions (unmerged) unless
+/// <see cref="LoraBaseModels.PrivateMergedCopies"/> gives the adapted convolutions merged private copies.
 /// </summary>
 /// <remarks>
 /// <c>mlContext.Model.Save</c> writes the options, the label's key values, the base reference (the ONNX paths and the
@@ -88,6 +89,25 @@ public sealed class LoraImageTransformer : ITransformer, IDisposable, IBatchScor
         ArgumentNullException.ThrowIfNull(input);
         lifetime.ThrowIfOwnerDisposed();
         return new BatchScoringView<byte[]>(input, this);
+    }
+
+    /// <summary>
+    /// Writes the adapter as a Hugging Face PEFT directory: <c>adapter_config.json</c> (PEFT's <c>LoraConfig</c>: r,
+    /// lora_alpha, the target convolutions as the regular expression <c>target_modules</c>, <c>modules_to_save</c>
+    /// <c>["fc"]</c>) and <c>adapter_model.safetensors</c> (<c>base_model.model.layer1.0.conv1.lora_A.weight</c> [r, in, k, k],
+    /// <c>.lora_B.weight</c> [out, r, 1, 1], and the head <c>base_model.model.fc.weight</c>/<c>.bias</c>). Module paths are
+    /// torchvision's ResNet names (docs/IMAGES.md), so <c>PeftAdapter.Load</c> into a fresh import of the same base, with a
+    /// head of the same size, predicts what <see cref="Transform"/> does (logits; Score is their softmax for multiclass).
+    /// The head is in the Python model's semantics: binary as two logits [0, z], regression in label units. BatchNorm
+    /// statistics are not written: they stay the base's (frozen).
+    /// </summary>
+    /// <param name="directory">The directory to write (created if needed); files are written whole, then moved into place.</param>
+    /// <returns>The directory written.</returns>
+    /// <exception cref="ObjectDisposedException">The transformer was disposed.</exception>
+    public string SavePeftAdapter(string directory)
+    {
+        lifetime.ThrowIfOwnerDisposed();
+        return PeftExport.Save(Model.Model, directory, "fc", Model.Label, Model.Scaling, _ => { }, []);
     }
 
     /// <summary>Ends the transformer (see the remarks).</summary>

@@ -151,48 +151,9 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     /// </summary>
     /// <param name="directory">The directory to write (created if needed); files are written whole, then moved into place.</param>
     /// <returns>The directory written.</returns>
-    public string SavePeftAdapter(string directory)
-    {
-        ArgumentException.ThrowIfNullOrWhiteSpace(directory);
-        string staging = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar) + ".staging-" + Guid.NewGuid().ToString("N");
-        try
-        {
-            PeftAdapter.Save(Model.Model, staging);
-            var (tensors, metadata) = SafeTensors.Read(Path.Combine(staging, PeftAdapter.WeightsFileName));
-            try
-            {
-                var (weight, bias) = HuggingFaceHead.ToHuggingFace(Model.Label.Task, Model.Scaling, tensors[HuggingFaceHead.WeightKey], tensors[HuggingFaceHead.BiasKey]);
-                tensors[HuggingFaceHead.WeightKey].Dispose();
-                tensors[HuggingFaceHead.BiasKey].Dispose();
-                tensors[HuggingFaceHead.WeightKey] = weight;
-                tensors[HuggingFaceHead.BiasKey] = bias;
-                var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(staging, PeftAdapter.ConfigFileName)))!;
-                config["task_type"] = "SEQ_CLS";
-                Directory.CreateDirectory(directory);
-                SafeTensors.Write(Path.Combine(directory, PeftAdapter.WeightsFileName), tensors, metadata);
-                AtomicFile.WriteText(Path.Combine(directory, PeftAdapter.ConfigFileName),
-                    config.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
-                AtomicFile.WriteText(Path.Combine(directory, HuggingFaceHead.FileName),
-                    HuggingFaceHead.Describe(Model.Label, Model.Settings, Model.Model.Bert.HasPoolingLayer));
-            }
-            finally
-            {
-                foreach (var tensor in tensors.Values)
-                {
-                    tensor.Dispose();
-                }
-            }
-        }
-        finally
-        {
-            if (Directory.Exists(staging))
-            {
-                Directory.Delete(staging, recursive: true);
-            }
-        }
-
-        return directory;
-    }
+    public string SavePeftAdapter(string directory) =>
+        PeftExport.Save(Model.Model, directory, "classifier", Model.Label, Model.Scaling, config => config["task_type"] = "SEQ_CLS",
+            [(HuggingFaceHead.FileName, HuggingFaceHead.Describe(Model.Label, Model.Settings, Model.Model.Bert.HasPoolingLayer))]);
 
     /// <summary>Lazily adds the prediction columns; one forward pass per <see cref="LoraFineTuningOptions.InferenceBatchSize"/> rows.</summary>
     /// <exception cref="ObjectDisposedException">The transformer was disposed.</exception>

@@ -132,7 +132,7 @@ public sealed class ImageFineTuningTests
     {
         var label = LabelInfo.Create(LoraTaskKind.MulticlassClassification, 3, null, null);
         var settings = new ImageAdapterSettings(4, 8, 0, LoraImageFineTuningOptions.DefaultTargetModules, false, ImageSide, 0, 1);
-        using var model = LoraImageModel.Create(ImageBase.From(null, null), CPU, label, settings, seed: 11, merge: false);
+        using var model = LoraImageModel.Create(ImageBase.From(null, null), CPU, label, settings, seed: 11, mergedCopy: false);
         using var scope = NewDisposeScope();
         var statistics = model.Model.named_buffers().ToDictionary(b => b.name, b => b.buffer.clone());
         var rows = data.GetColumn<byte[]>("Image").Take(4).Select((bytes, i) => new ImageRow(Decode(bytes), i % 3, 0)).ToList();
@@ -162,16 +162,18 @@ public sealed class ImageFineTuningTests
     }
 
     [TestMethod]
-    public void MergedModel_SamePredictionsAsUnmerged()
+    public void MergedModel_SamePredictionsAsUnmerged_SharedBaseUnchanged()
     {
         var trained = LoraOf(chain).Model;
-        Assert.IsTrue(trained.Merged, "on the CPU the fitted model merges LoRA into the convolutions");
+        Assert.IsFalse(trained.MergedCopy, "the fitted model runs LoRA unmerged on the shared base");
         var state = trained.AdapterState();
         try
         {
             var images = data.GetColumn<byte[]>("Image").Take(6).Select(Decode).ToList();
-            using var merged = LoraImageModel.Create(trained.Base, CPU, trained.Label, trained.Settings, seed: 1, merge: true);
-            using var unmerged = LoraImageModel.Create(trained.Base, CPU, trained.Label, trained.Settings, seed: 2, merge: false);
+            var before = trained.Predict(images);
+            using var merged = LoraImageModel.Create(trained.Base, CPU, trained.Label, trained.Settings, seed: 1, mergedCopy: true);
+            using var unmerged = LoraImageModel.Create(trained.Base, CPU, trained.Label, trained.Settings, seed: 2, mergedCopy: false);
+            Assert.IsTrue(merged.MergedCopy, "on the CPU a private merged copy is honoured");
             merged.LoadAdapterState(state);
             unmerged.LoadAdapterState(state);
             merged.Model.eval();
@@ -181,7 +183,10 @@ public sealed class ImageFineTuningTests
 
             // W + ΔW in one kernel against W and the low-rank branch added: float32 rounding through 20 layers.
             CollectionAssert.AreEqual(b, a, new Tolerance(1e-4f));
-            CollectionAssert.AreEqual(trained.Predict(images), a, new Tolerance(1e-6f), "the rebuilt merged model predicts what the fitted one does");
+            CollectionAssert.AreEqual(before, b, new Tolerance(0f), "the rebuilt unmerged model predicts what the fitted one does");
+
+            // Merging wrote into the merged model's private copies only: the shared base, and so the fitted model, is unchanged.
+            CollectionAssert.AreEqual(before, trained.Predict(images), new Tolerance(0f));
         }
         finally
         {
@@ -301,6 +306,23 @@ public sealed class ImageFineTuningTests
         Assert.IsLessThan(20, (int)rgb[0]);
         Assert.IsGreaterThan(235, (int)rgb[31]);
         Assert.AreEqual(rgb[5], rgb[(31 * 32) + 5], "rows are equal");
+    }
+
+    [TestMethod]
+    public void ImageColumnReader_AlphaOnlyPng_DecodedAsAlpha8_ReadsAsBlack()
+    {
+        // The colour type furthest from RGB that the decoder produces: an alpha-mask PNG decodes to Alpha8, which SkiaSharp
+        // 2.88 still converts to RGBA (black, with the mask as alpha), so the reader's "cannot be converted" error has no
+        // input that reaches it (docs/IMAGES.md).
+        var png = TestImageFiles.AlphaOnlyPng(16, 12);
+        using (var bitmap = SkiaSharp.SKBitmap.Decode(png))
+        {
+            Assert.AreEqual(SkiaSharp.SKColorType.Alpha8, bitmap.ColorType, "the decoder reads the file as an alpha mask");
+        }
+
+        var rgb = Decode(png);
+        Assert.HasCount(3 * ImageSide * ImageSide, rgb);
+        Assert.IsTrue(rgb.All(v => v == 0), "alpha is dropped: an alpha mask has no colour");
     }
 
     /// <summary>Decodes one encoded image to the model's input, as the transformer does.</summary>

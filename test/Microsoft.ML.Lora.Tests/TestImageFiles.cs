@@ -70,8 +70,28 @@ internal static class TestImageFiles
         return Png(width, height, 1, grey);
     }
 
-    /// <summary>An 8-bit PNG of row-major pixels with 1 (grey, colour type 0) or 3 (RGB, colour type 2) channels.</summary>
-    public static byte[] Png(int width, int height, int channels, byte[] pixels)
+    /// <summary>
+    /// An alpha-only PNG: grey + alpha (colour type 4) whose <c>sBIT</c> chunk says the grey channel carries 1 significant
+    /// bit and the alpha 8. Skia's PNG decoder (SkiaSharp, ML.NET's decoder) reads such a file as an alpha mask, a bitmap of
+    /// colour type Alpha8, which has no colour to convert to RGBA.
+    /// </summary>
+    public static byte[] AlphaOnlyPng(int width, int height)
+    {
+        var pixels = new byte[width * height * 2];
+        for (int i = 0; i < width * height; i++)
+        {
+            pixels[2 * i] = 0;
+            pixels[(2 * i) + 1] = (byte)(i * 255 / Math.Max(1, (width * height) - 1));
+        }
+
+        return Png(width, height, 2, pixels, significantBits: [1, 8]);
+    }
+
+    /// <summary>
+    /// An 8-bit PNG of row-major pixels with 1 (grey, colour type 0), 2 (grey + alpha, colour type 4) or 3 (RGB, colour
+    /// type 2) channels, with an optional <c>sBIT</c> chunk (significant bits per channel).
+    /// </summary>
+    public static byte[] Png(int width, int height, int channels, byte[] pixels, byte[]? significantBits = null)
     {
         var raw = new MemoryStream();
         for (int y = 0; y < height; y++)
@@ -93,8 +113,13 @@ internal static class TestImageFiles
         BinaryPrimitives.WriteInt32BigEndian(header, width);
         BinaryPrimitives.WriteInt32BigEndian(header.AsSpan(4), height);
         header[8] = 8; // bit depth
-        header[9] = (byte)(channels == 1 ? 0 : 2); // colour type: greyscale or RGB
+        header[9] = channels switch { 1 => 0, 2 => 4, _ => 2 }; // colour type: greyscale, greyscale + alpha, RGB
         Chunk(png, "IHDR", header);
+        if (significantBits is not null)
+        {
+            Chunk(png, "sBIT", significantBits);
+        }
+
         Chunk(png, "IDAT", compressed.ToArray());
         Chunk(png, "IEND", []);
         return png.ToArray();

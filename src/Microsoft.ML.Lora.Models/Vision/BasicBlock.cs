@@ -33,6 +33,24 @@ internal sealed class BasicBlock : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    private BasicBlock(BasicBlock source) : base(nameof(BasicBlock))
+    {
+        conv1 = SharedWeights.Conv(source.conv1);
+        bn1 = SharedWeights.BatchNorm(source.bn1);
+        conv2 = SharedWeights.Conv(source.conv2);
+        bn2 = SharedWeights.BatchNorm(source.bn2);
+        if (source.downsample is { } d)
+        {
+            var children = d.children().ToList();
+            downsample = nn.Sequential(("0", SharedWeights.Conv((Module<Tensor, Tensor>)children[0])), ("1", SharedWeights.BatchNorm((BatchNorm2d)children[1])));
+        }
+
+        RegisterComponents();
+    }
+
+    /// <summary>A block of its own over this block's tensors (see <see cref="ResNet.ShareWeights"/>).</summary>
+    public BasicBlock ShareWeights() => new(this);
+
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();

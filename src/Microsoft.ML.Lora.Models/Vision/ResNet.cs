@@ -69,6 +69,34 @@ public sealed class ResNet : nn.Module<Tensor, Tensor>
         }
     }
 
+    /// <summary>A tree of its own over the tensors of <paramref name="source"/> (see <see cref="ShareWeights"/>).</summary>
+    private ResNet(ResNet source, int numClasses) : base(nameof(ResNet))
+    {
+        conv1 = SharedWeights.Conv(source.conv1);
+        bn1 = SharedWeights.BatchNorm(source.bn1);
+        maxpool = source.maxpool;
+        register_module(nameof(conv1), conv1);
+        register_module(nameof(bn1), bn1);
+        for (int i = 0; i < source.stages.Count; i++)
+        {
+            var blocks = source.stages[i].children().Select((b, j) => ($"{j}", (nn.Module<Tensor, Tensor>)((BasicBlock)b).ShareWeights())).ToArray();
+            var stage = nn.Sequential(blocks);
+            stages.Add(stage);
+            register_module($"layer{i + 1}", stage);
+        }
+
+        FeatureSize = source.FeatureSize;
+        TotalStride = source.TotalStride;
+        NativeImageSize = source.NativeImageSize;
+        FreezeBatchNorm = source.FreezeBatchNorm;
+        if (numClasses > 0)
+        {
+            fc = nn.Linear(FeatureSize, numClasses, device: source.conv1 is Conv2d c ? c.weight!.device : null);
+            NumClasses = numClasses;
+            register_module(nameof(fc), fc);
+        }
+    }
+
     /// <summary>Length of the pooled feature vector (512 for ResNet-18).</summary>
     public long FeatureSize { get; }
 
@@ -117,6 +145,28 @@ public sealed class ResNet : nn.Module<Tensor, Tensor>
         var model = new ResNet(spec, numClasses, device);
         model.eval();
         return model;
+    }
+
+    /// <summary>
+    /// A model of its own over this model's tensors: every convolution and BatchNorm of the new tree aliases this one's
+    /// weights and statistics (no copy), so many models (each with its own LoRA layers and head) hold one base in memory;
+    /// none may change the shared tensors. With <paramref name="numClasses"/> &gt; 0 it gets a fresh head <c>fc</c>
+    /// (PyTorch's default initialisation from the current seed) on this model's device. Returned in evaluation mode.
+    /// </summary>
+    /// <param name="numClasses">Outputs of the new head; 0 for none.</param>
+    /// <returns>The new model.</returns>
+    /// <exception cref="InvalidOperationException">This model has LoRA layers or a head (share a plain base).</exception>
+    internal ResNet ShareWeights(int numClasses)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(numClasses);
+        if (fc is not null || named_parameters().Any(p => lora.IsLoraParameterName(p.name)))
+        {
+            throw new InvalidOperationException("ShareWeights needs a base model without LoRA layers and without a head.");
+        }
+
+        var shared = new ResNet(this, numClasses);
+        shared.eval();
+        return shared;
     }
 
     /// <summary>The pooled features [N, <see cref="FeatureSize"/>] of a normalised batch [N, 3, H, W].</summary>

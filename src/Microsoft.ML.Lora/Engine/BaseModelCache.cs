@@ -5,9 +5,10 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Lora.Engine;
 
 /// <summary>
-/// The process-wide cache of loaded bases: each base is held once per (weights SHA-256, device, dtype), reference
-/// counted, and freed when the last lease is disposed. Models built on a lease alias its tensors
-/// (<see cref="BertModel.ShareWeights"/>) and never change them.
+/// The process-wide cache of loaded bases of every model family (text: <see cref="LoadedPretrainedModel"/>; images:
+/// <see cref="Images.LoadedImageBase"/>): each base is held once per (weights SHA-256, device, dtype), reference counted,
+/// and freed when the last lease is disposed. Models built on a lease alias its tensors
+/// (<see cref="BertModel.ShareWeights"/>, <see cref="Models.Vision.ResNet.ShareWeights"/>) and never change them.
 /// </summary>
 internal static class BaseModelCache
 {
@@ -44,15 +45,16 @@ internal static class BaseModelCache
         }
     }
 
-    /// <summary>A lease on the base with these weights on this device and dtype, if one is held; null otherwise.</summary>
-    public static Lease? TryAcquire(string sha256, Device device, ScalarType dtype)
+    /// <summary>A lease on the base of type <typeparamref name="TBase"/> with these weights on this device and dtype, if one is held; null otherwise.</summary>
+    public static Lease<TBase>? TryAcquire<TBase>(string sha256, Device device, ScalarType dtype)
+        where TBase : class, IDisposable
     {
         lock (Gate)
         {
-            if (Entries.TryGetValue(new Key(sha256, DeviceName(device), dtype), out var entry))
+            if (Entries.TryGetValue(new Key(sha256, DeviceName(device), dtype), out var entry) && entry.Base is TBase)
             {
                 entry.References++;
-                return new Lease(entry);
+                return new Lease<TBase>(entry);
             }
 
             return null;
@@ -60,49 +62,63 @@ internal static class BaseModelCache
     }
 
     /// <summary>
-    /// A lease on <paramref name="source"/>'s base: from the cache when its fingerprint is known (no read, no hash), else
-    /// loaded (read and hashed once) and added.
+    /// A lease on a base: from the cache when its fingerprint is known beforehand (<paramref name="knownSha256"/>: no read,
+    /// no hash), else read by <paramref name="load"/> (counted in <see cref="Loads"/>) and added (see <see cref="Add{TBase}"/>).
     /// </summary>
-    public static Lease AcquireOrLoad(PretrainedModel source, Device device, ScalarType dtype)
+    public static Lease<TBase> AcquireOrLoad<TBase>(string? knownSha256, Device device, ScalarType dtype, Func<(TBase Base, string Sha256)> load, Action<TBase> prepare)
+        where TBase : class, IDisposable
     {
-        if (FingerprintCache.TryGet(source, out string sha) && TryAcquire(sha, device, dtype) is { } lease)
+        if (knownSha256 is not null && TryAcquire<TBase>(knownSha256, device, dtype) is { } lease)
         {
             return lease;
         }
 
+        var (loaded, sha) = load();
+        return AddLoaded(sha, loaded, device, dtype, prepare);
+    }
+
+    /// <summary>Counts a base just read from its source in <see cref="Loads"/> and adds it (see <see cref="Add{TBase}"/>).</summary>
+    public static Lease<TBase> AddLoaded<TBase>(string sha256, TBase loaded, Device device, ScalarType dtype, Action<TBase> prepare)
+        where TBase : class, IDisposable
+    {
         Interlocked.Increment(ref loads);
-        return Add(source.Load(device), device, dtype);
+        return Add(sha256, loaded, device, dtype, prepare);
     }
 
     /// <summary>
-    /// Adds a base just loaded on <paramref name="device"/> (converted to <paramref name="dtype"/> here) and leases it; if
-    /// another thread added the same weights meanwhile, <paramref name="loaded"/> is disposed and that one is leased.
+    /// A lease on <paramref name="source"/>'s text base: from the cache when its fingerprint is known (no read, no hash),
+    /// else loaded (read and hashed once) and added.
     /// </summary>
-    public static Lease Add(LoadedPretrainedModel loaded, Device device, ScalarType dtype)
-    {
-        var key = new Key(loaded.WeightsSha256, DeviceName(device), dtype);
-        lock (Gate)
-        {
-            if (Entries.TryGetValue(key, out var existing))
+    public static Lease<LoadedPretrainedModel> AcquireOrLoad(PretrainedModel source, Device device, ScalarType dtype) =>
+        AcquireOrLoad(FingerprintCache.TryGet(source, out string sha) ? sha : null, device, dtype,
+            () =>
             {
-                existing.References++;
-                loaded.Dispose();
-                return new Lease(existing);
-            }
+                var loaded = source.Load(device);
+                return (loaded, loaded.WeightsSha256);
+            },
+            loaded => PrepareText(loaded, dtype));
+
+    /// <summary>Adds a text base just loaded on <paramref name="device"/> (converted to <paramref name="dtype"/> here) and leases it.</summary>
+    public static Lease<LoadedPretrainedModel> Add(LoadedPretrainedModel loaded, Device device, ScalarType dtype) =>
+        Add(loaded.WeightsSha256, loaded, device, dtype, text => PrepareText(text, dtype));
+
+    /// <summary>
+    /// Adds a base just loaded on <paramref name="device"/> and leases it; <paramref name="prepare"/> readies it for sharing
+    /// (a dtype conversion, freezing) before it is added. If another thread added the same weights meanwhile,
+    /// <paramref name="loaded"/> is disposed and that one is leased; on failure <paramref name="loaded"/> is disposed.
+    /// </summary>
+    public static Lease<TBase> Add<TBase>(string sha256, TBase loaded, Device device, ScalarType dtype, Action<TBase> prepare)
+        where TBase : class, IDisposable
+    {
+        var key = new Key(sha256, DeviceName(device), dtype);
+        if (TryReuse(key, loaded) is { } reused)
+        {
+            return reused;
         }
 
         try
         {
-            if (dtype != ScalarType.Float32)
-            {
-                // Autocast's policy: matmuls in the low precision, LayerNorm and the residual stream float32.
-                loaded.Model.ToMixedPrecision(dtype);
-            }
-
-            foreach (var parameter in loaded.Model.parameters())
-            {
-                parameter.requires_grad = false;
-            }
+            prepare(loaded);
         }
         catch
         {
@@ -110,18 +126,51 @@ internal static class BaseModelCache
             throw;
         }
 
+        if (TryReuse(key, loaded) is { } other)
+        {
+            return other;
+        }
+
         lock (Gate)
         {
-            if (Entries.TryGetValue(key, out var existing))
-            {
-                existing.References++;
-                loaded.Dispose();
-                return new Lease(existing);
-            }
-
             var entry = new Entry(key, loaded) { References = 1 };
             Entries.Add(key, entry);
-            return new Lease(entry);
+            return new Lease<TBase>(entry);
+        }
+    }
+
+    /// <summary>Autocast's policy for a text base (matmuls in the low precision, LayerNorm and the residual stream float32), all frozen.</summary>
+    private static void PrepareText(LoadedPretrainedModel loaded, ScalarType dtype)
+    {
+        if (dtype != ScalarType.Float32)
+        {
+            loaded.Model.ToMixedPrecision(dtype);
+        }
+
+        foreach (var parameter in loaded.Model.parameters())
+        {
+            parameter.requires_grad = false;
+        }
+    }
+
+    private static Lease<TBase>? TryReuse<TBase>(Key key, TBase loaded)
+        where TBase : class, IDisposable
+    {
+        lock (Gate)
+        {
+            if (!Entries.TryGetValue(key, out var existing))
+            {
+                return null;
+            }
+
+            if (existing.Base is not TBase)
+            {
+                throw new InvalidOperationException($"A base of another kind ({existing.Base.GetType().Name}) is held with weights SHA-256 {key.Sha256}.");
+            }
+
+            existing.References++;
+            loaded.Dispose();
+            return new Lease<TBase>(existing);
         }
     }
 
@@ -144,7 +193,9 @@ internal static class BaseModelCache
     }
 
     /// <summary>One reference on a cached base; <see cref="Dispose"/> releases it (once).</summary>
-    internal sealed class Lease : IDisposable
+    /// <typeparam name="TBase">The family's loaded base.</typeparam>
+    internal sealed class Lease<TBase> : IDisposable
+        where TBase : class, IDisposable
     {
         private readonly Entry entry;
         private int released;
@@ -156,7 +207,7 @@ internal static class BaseModelCache
         }
 
         /// <summary>The shared base: never change its weights.</summary>
-        public LoadedPretrainedModel Base => entry.Base;
+        public TBase Base => (TBase)entry.Base;
 
         public void Dispose()
         {
@@ -167,11 +218,11 @@ internal static class BaseModelCache
         }
     }
 
-    internal sealed class Entry(Key key, LoadedPretrainedModel loaded)
+    internal sealed class Entry(Key key, IDisposable loaded)
     {
         public Key Key { get; } = key;
 
-        public LoadedPretrainedModel Base { get; } = loaded;
+        public IDisposable Base { get; } = loaded;
 
         public int References { get; set; }
     }

@@ -20,12 +20,12 @@ internal static class BaseModelResolver
     /// <returns>A lease the caller owns.</returns>
     /// <exception cref="InvalidDataException">No candidate matched, and at least one had other weights (all places listed).</exception>
     /// <exception cref="FileNotFoundException">No candidate matched and none had other weights (all places listed).</exception>
-    public static BaseModelCache.Lease Resolve(PretrainedModel recorded, string sha256, Device device, ScalarType dtype, out PretrainedModel found)
+    public static BaseModelCache.Lease<LoadedPretrainedModel> Resolve(PretrainedModel recorded, string sha256, Device device, ScalarType dtype, out PretrainedModel found)
     {
         var tried = new List<string>();
         bool otherWeights = false;
 
-        BaseModelCache.Lease? Try(PretrainedModel candidate, string label)
+        BaseModelCache.Lease<LoadedPretrainedModel>? Try(PretrainedModel candidate, string label)
         {
             if (FingerprintCache.TryGet(candidate, out string known))
             {
@@ -69,7 +69,7 @@ internal static class BaseModelResolver
         }
 
         // 2. Bases already loaded in this process.
-        if (BaseModelCache.TryAcquire(sha256, device, dtype) is { } cached)
+        if (BaseModelCache.TryAcquire<LoadedPretrainedModel>(sha256, device, dtype) is { } cached)
         {
             found = cached.Base.Source;
             return cached;

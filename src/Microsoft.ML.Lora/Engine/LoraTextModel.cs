@@ -19,10 +19,10 @@ namespace Microsoft.ML.Lora.Engine;
 /// </summary>
 internal sealed class LoraTextModel : ILoraModel<TokenizedRow>
 {
-    private readonly BaseModelCache.Lease baseModel;
+    private readonly BaseModelCache.Lease<LoadedPretrainedModel> baseModel;
     private bool disposed;
 
-    private LoraTextModel(BaseModelCache.Lease baseModel, PretrainedModel descriptor, BertForSequenceClassification model, Device device, LoraPrecision precision, ScalarType encoderDtype, LabelInfo label, AdapterSettings settings, IReadOnlyList<string> adaptedModules, bool mergedCopy)
+    private LoraTextModel(BaseModelCache.Lease<LoadedPretrainedModel> baseModel, PretrainedModel descriptor, BertForSequenceClassification model, Device device, LoraPrecision precision, ScalarType encoderDtype, LabelInfo label, AdapterSettings settings, IReadOnlyList<string> adaptedModules, bool mergedCopy)
     {
         this.baseModel = baseModel;
         BaseDescriptor = descriptor;
@@ -96,7 +96,7 @@ internal sealed class LoraTextModel : ILoraModel<TokenizedRow>
     /// Give the adapted layers private copies of their base weights and merge the LoRA updates into them in eval mode.
     /// Honoured only in float32 on the CPU (see below); otherwise LoRA runs unmerged on the shared base.
     /// </param>
-    public static LoraTextModel Create(BaseModelCache.Lease lease, PretrainedModel descriptor, Device device, LoraPrecision precision, LabelInfo label, AdapterSettings settings, long seed, bool mergedCopy)
+    public static LoraTextModel Create(BaseModelCache.Lease<LoadedPretrainedModel> lease, PretrainedModel descriptor, Device device, LoraPrecision precision, LabelInfo label, AdapterSettings settings, long seed, bool mergedCopy)
     {
         var encoderDtype = DeviceResolver.ResolveEncoderDtype(precision, device);
         BertModel? encoder = null;
@@ -143,29 +143,8 @@ internal sealed class LoraTextModel : ILoraModel<TokenizedRow>
                 throw NoTargetMatches(model, settings, null);
             }
 
-            if (config.merge_weights)
-            {
-                // Merging writes into the weight: each adapted layer gets a private copy first (the rest stays shared).
-                using var noGrad = torch.no_grad();
-                foreach (var (_, module) in model.named_modules())
-                {
-                    if (module is Modules.LoraLayer layer)
-                    {
-                        var shared = layer.weight;
-                        layer.weight = new TorchSharp.Modules.Parameter(shared.detach().clone(), requires_grad: false);
-                        shared.Dispose();
-                    }
-                }
-            }
-
-            lora.mark_only_lora_as_trainable(model);
-            foreach (var (name, parameter) in model.named_parameters())
-            {
-                if (name.StartsWith("classifier.", StringComparison.Ordinal))
-                {
-                    parameter.requires_grad = true;
-                }
-            }
+            // Merging writes into the weight: each adapted layer then gets a private copy first (the rest stays shared).
+            AdapterTensors.FreezeAllButAdapter(model, "classifier.", privateWeights: config.merge_weights);
 
             model.to(device);
             return new LoraTextModel(lease, descriptor, model, device, precision, encoderDtype, label, settings, adapted, config.merge_weights);
@@ -280,46 +259,11 @@ internal sealed class LoraTextModel : ILoraModel<TokenizedRow>
     }
 
     /// <summary>The tensors a model file stores: every LoRA tensor and the head, by parameter path, copied to the CPU.</summary>
-    public SortedDictionary<string, Tensor> AdapterState()
-    {
-        var result = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
-        foreach (var (name, parameter) in Model.named_parameters())
-        {
-            if (IsAdapterTensor(name))
-            {
-                result[name] = parameter.detach().to(torch.CPU).clone();
-            }
-        }
-
-        return result;
-    }
+    public SortedDictionary<string, Tensor> AdapterState() => AdapterTensors.Copy(Model, IsAdapterTensor);
 
     /// <summary>Copies stored adapter tensors into the model (all must be present, with matching shapes).</summary>
     /// <exception cref="InvalidDataException">A tensor is missing, unexpected or of another shape.</exception>
-    public void LoadAdapterState(IReadOnlyDictionary<string, Tensor> state)
-    {
-        var parameters = Model.named_parameters().Where(p => IsAdapterTensor(p.name)).ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
-        var missing = parameters.Keys.Where(k => !state.ContainsKey(k)).ToList();
-        var extra = state.Keys.Where(k => !parameters.ContainsKey(k)).ToList();
-        if (missing.Count > 0 || extra.Count > 0)
-        {
-            throw new InvalidDataException(
-                $"The stored adapter does not fit the rebuilt model. Missing: [{string.Join(", ", missing)}]; unexpected: [{string.Join(", ", extra)}].");
-        }
-
-        using var noGrad = torch.no_grad();
-        foreach (var (name, parameter) in parameters)
-        {
-            var value = state[name];
-            if (!value.shape.SequenceEqual(parameter.shape))
-            {
-                throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
-                    $"Stored tensor '{name}' has shape [{string.Join(", ", value.shape)}]; the model expects [{string.Join(", ", parameter.shape)}]."));
-            }
-
-            parameter.copy_(value);
-        }
-    }
+    public void LoadAdapterState(IReadOnlyDictionary<string, Tensor> state) => AdapterTensors.Load(Model, IsAdapterTensor, state, "the rebuilt model");
 
     /// <summary>LoRA tensors (<see cref="lora.IsLoraParameterName"/>) and the classification head: the only tensors a model file holds.</summary>
     public static bool IsAdapterTensor(string name) =>

@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Security.Cryptography;
 using Microsoft.ML;
 using Microsoft.ML.Lora;
 using Microsoft.ML.Lora.Data;
@@ -31,6 +30,8 @@ internal static class LoraImageModelFile
 
     private const string ModelSignature = "LORAIMAG";
 
+    private const string FileDescription = "LoRA image model";
+
     // 0x00010001: first format.
     private const uint VersionCurrent = 0x00010001;
 
@@ -53,15 +54,7 @@ internal static class LoraImageModelFile
         var settings = model.Settings;
         var columns = transformer.Columns;
 
-        w.Write((int)label.Kind);
-        w.Write(label.ClassCount);
-        w.Write(LabelInfo.TypeName(label.KeyValueType));
-        w.Write(label.KeyValues?.Count ?? 0);
-        foreach (var value in label.KeyValues ?? [])
-        {
-            w.Write(value);
-        }
-
+        ModelFileSections.WriteLabel(w, label);
         w.Write(columns.Text);
         w.Write(columns.Score);
         w.Write(columns.PredictedLabel);
@@ -84,14 +77,8 @@ internal static class LoraImageModelFile
         var state = model.AdapterState();
         try
         {
-            using var tensors = new MemoryStream();
-            using (var tensorWriter = new BinaryWriter(tensors, System.Text.Encoding.UTF8, leaveOpen: true))
-            {
-                TensorFile.Write(tensorWriter, state);
-            }
-
-            var bytes = tensors.ToArray();
-            w.Write(Convert.ToHexString(SHA256.HashData(bytes)));
+            var (bytes, checksum) = ModelFileSections.EncodeTensors(state);
+            w.Write(checksum);
             ctx.SaveBinaryStream(TensorStreamName, writer => writer.Write(bytes));
         }
         finally
@@ -105,31 +92,10 @@ internal static class LoraImageModelFile
     {
         ArgumentNullException.ThrowIfNull(env);
         ArgumentNullException.ThrowIfNull(ctx);
-        if (ctx.Header.ModelVerReadable > VersionCurrent)
-        {
-            throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
-                $"This LoRA image model file has format version 0x{ctx.Header.ModelVerWritten:X8} and needs a reader of version 0x{ctx.Header.ModelVerReadable:X8} or later; " +
-                $"this Microsoft.ML.Lora ({typeof(LoraImageModelFile).Assembly.GetName().Version}) reads format versions up to 0x{VersionCurrent:X8}. Update the Microsoft.ML.Lora package."));
-        }
-
+        ModelFileSections.CheckReadable(ctx, VersionCurrent, FileDescription);
         ctx.CheckAtModel(GetVersionInfo());
         var r = ctx.Reader;
-
-        var task = (LoraTaskKind)r.ReadInt32();
-        if (!Enum.IsDefined(task))
-        {
-            throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture, $"Unknown task {(int)task} in this LoRA image model file."));
-        }
-
-        int classCount = r.ReadInt32();
-        var keyValueType = LabelInfo.ParseTypeName(r.ReadString());
-        var keyValues = new string[r.ReadInt32()];
-        for (int i = 0; i < keyValues.Length; i++)
-        {
-            keyValues[i] = r.ReadString();
-        }
-
-        var label = LabelInfo.Create(task, classCount, keyValues.Length > 0 ? keyValueType : null, keyValues.Length > 0 ? keyValues : null);
+        var label = ModelFileSections.ReadLabel(r, FileDescription);
         var columns = new ColumnNames(r.ReadString(), null, r.ReadString(), r.ReadString(), r.ReadString());
         int inferenceBatchSize = r.ReadInt32();
         var settings = new ImageAdapterSettings(r.ReadInt32(), r.ReadDouble(), r.ReadDouble(), r.ReadString(), r.ReadBoolean(), r.ReadInt32(), r.ReadSingle(), r.ReadSingle());
@@ -137,17 +103,12 @@ internal static class LoraImageModelFile
         string sha = r.ReadString();
         string checksum = r.ReadString();
 
-        SortedDictionary<string, Tensor>? state = null;
-        if (!ctx.TryLoadBinaryStream(TensorStreamName, reader => state = ReadTensors(reader, checksum)) || state is null)
-        {
-            throw new InvalidDataException($"This LoRA image model file has no '{TensorStreamName}' entry with the adapter tensors.");
-        }
-
+        var state = ModelFileSections.ReadTensors(ctx, TensorStreamName, checksum, FileDescription);
         try
         {
             var device = DeviceResolver.Resolve(env);
-            var (network, normalization, found) = ImageBaseResolver.Resolve(recorded, sha, label.OutputCount, device);
-            var model = LoraImageModel.Create(network, normalization, found, sha, device, label, settings, seed: 0, merge: true);
+            var (lease, found) = ImageBaseResolver.Resolve(recorded, sha, device);
+            var model = LoraImageModel.Create(lease, found, device, label, settings, seed: 0, LoraBaseModels.PrivateMergedCopies);
             try
             {
                 model.LoadAdapterState(state);
@@ -164,23 +125,5 @@ internal static class LoraImageModelFile
         {
             LoraTrainer.DisposeState(state);
         }
-    }
-
-    /// <summary>Reads the tensor entry after checking its SHA-256 against the one recorded in Model.key.</summary>
-    /// <exception cref="InvalidDataException">The entry's bytes do not match the recorded SHA-256.</exception>
-    private static SortedDictionary<string, Tensor> ReadTensors(BinaryReader reader, string checksum)
-    {
-        using var bytes = new MemoryStream();
-        reader.BaseStream.CopyTo(bytes);
-        string actual = Convert.ToHexString(SHA256.HashData(bytes.GetBuffer().AsSpan(0, (int)bytes.Length)));
-        if (!string.Equals(actual, checksum, StringComparison.OrdinalIgnoreCase))
-        {
-            throw new InvalidDataException(
-                $"The '{TensorStreamName}' entry of this LoRA image model file is damaged: its SHA-256 is {actual}, the model file recorded {checksum}.");
-        }
-
-        bytes.Position = 0;
-        using var copy = new BinaryReader(bytes, System.Text.Encoding.UTF8, leaveOpen: true);
-        return TensorFile.Read(copy);
     }
 }

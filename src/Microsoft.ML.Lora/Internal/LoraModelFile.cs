@@ -34,6 +34,8 @@ internal static class LoraModelFile
 
     private const string ModelSignature = "LORATEXT";
 
+    private const string FileDescription = "LoRA model";
+
     // 0x00010001: first format.
     // 0x00010002: adds the requested precision (LoraPrecision, int32) after the base-model reference. Version 1 files
     //             were trained in float32, the only precision then, and load as LoraPrecision.Float32.
@@ -69,15 +71,7 @@ internal static class LoraModelFile
         var label = model.Label;
         var columns = transformer.Columns;
 
-        w.Write((int)label.Kind);
-        w.Write(label.ClassCount);
-        w.Write(LabelInfo.TypeName(label.KeyValueType));
-        w.Write(label.KeyValues?.Count ?? 0);
-        foreach (var value in label.KeyValues ?? [])
-        {
-            w.Write(value);
-        }
-
+        ModelFileSections.WriteLabel(w, label);
         w.Write(columns.Text);
         WriteNullable(w, columns.Pair);
         w.Write(columns.Score);
@@ -109,14 +103,8 @@ internal static class LoraModelFile
         var state = model.AdapterState();
         try
         {
-            using var tensors = new MemoryStream();
-            using (var tensorWriter = new BinaryWriter(tensors, System.Text.Encoding.UTF8, leaveOpen: true))
-            {
-                TensorFile.Write(tensorWriter, state);
-            }
-
-            var bytes = tensors.ToArray();
-            w.Write(Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes)));
+            var (bytes, checksum) = ModelFileSections.EncodeTensors(state);
+            w.Write(checksum);
             w.Write((int)settings.Truncation);
             w.Write(model.WindowStride);
             ctx.SaveBinaryStream(TensorStreamName, writer => writer.Write(bytes));
@@ -132,27 +120,10 @@ internal static class LoraModelFile
     {
         ArgumentNullException.ThrowIfNull(env);
         ArgumentNullException.ThrowIfNull(ctx);
-        if (ctx.Header.ModelVerReadable > VersionCurrent)
-        {
-            throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
-                $"This LoRA model file has format version 0x{ctx.Header.ModelVerWritten:X8} and needs a reader of version 0x{ctx.Header.ModelVerReadable:X8} or later; " +
-                $"this Microsoft.ML.Lora ({typeof(LoraModelFile).Assembly.GetName().Version}) reads format versions up to 0x{VersionCurrent:X8}. Update the Microsoft.ML.Lora package."));
-        }
-
+        ModelFileSections.CheckReadable(ctx, VersionCurrent, FileDescription);
         ctx.CheckAtModel(GetVersionInfo());
         var r = ctx.Reader;
-
-        var task = (LoraTaskKind)r.ReadInt32();
-        int classCount = r.ReadInt32();
-        var keyValueType = LabelInfo.ParseTypeName(r.ReadString());
-        int keyValueCount = r.ReadInt32();
-        var keyValues = new string[keyValueCount];
-        for (int i = 0; i < keyValueCount; i++)
-        {
-            keyValues[i] = r.ReadString();
-        }
-
-        var label = LabelInfo.Create(task, classCount, keyValueCount > 0 ? keyValueType : null, keyValueCount > 0 ? keyValues : null);
+        var label = ModelFileSections.ReadLabel(r, FileDescription);
         var columns = new ColumnNames(r.ReadString(), ReadNullable(r), r.ReadString(), r.ReadString(), r.ReadString());
         int inferenceBatchSize = r.ReadInt32();
 
@@ -199,12 +170,7 @@ internal static class LoraModelFile
 
             settings = settings with { Truncation = truncation, WindowStride = stride };
         }
-        SortedDictionary<string, Tensor>? state = null;
-        if (!ctx.TryLoadBinaryStream(TensorStreamName, reader => state = ReadTensors(reader, checksum)) || state is null)
-        {
-            throw new InvalidDataException($"This LoRA model file has no '{TensorStreamName}' entry with the adapter tensors.");
-        }
-
+        var state = ModelFileSections.ReadTensors(ctx, TensorStreamName, checksum, FileDescription);
         try
         {
             var device = DeviceResolver.Resolve(env);
@@ -233,29 +199,6 @@ internal static class LoraModelFile
         {
             LoraTrainer.DisposeState(state);
         }
-    }
-
-    /// <summary>Reads the tensor entry, first checking its SHA-256 against the one recorded in Model.key (version 3 on).</summary>
-    /// <exception cref="InvalidDataException">The entry's bytes do not match the recorded SHA-256.</exception>
-    private static SortedDictionary<string, Tensor> ReadTensors(BinaryReader reader, string? checksum)
-    {
-        if (checksum is null)
-        {
-            return TensorFile.Read(reader);
-        }
-
-        using var bytes = new MemoryStream();
-        reader.BaseStream.CopyTo(bytes);
-        string actual = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes.GetBuffer().AsSpan(0, (int)bytes.Length)));
-        if (!string.Equals(actual, checksum, StringComparison.OrdinalIgnoreCase))
-        {
-            throw new InvalidDataException(
-                $"The '{TensorStreamName}' entry of this LoRA model file is damaged: its SHA-256 is {actual}, the model file recorded {checksum}.");
-        }
-
-        bytes.Position = 0;
-        using var copy = new BinaryReader(bytes, System.Text.Encoding.UTF8, leaveOpen: true);
-        return TensorFile.Read(copy);
     }
 
     private static void WriteNullable(BinaryWriter w, string? value)

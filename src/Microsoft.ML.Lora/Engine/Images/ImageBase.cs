@@ -29,9 +29,30 @@ internal sealed record ImageBase(string ModelPath, string PreprocessPath)
         return new ImageBase(model, Path.GetFullPath(preprocessPath ?? PreprocessBeside(model)));
     }
 
-    /// <summary>Loads the network (with a head of <paramref name="outputs"/> outputs, <c>fc</c>) and the normalisation, and fingerprints the base.</summary>
+    /// <summary>
+    /// The fingerprint of these files as they are now if it was computed before in this process (same paths, sizes and
+    /// last-write times), else null.
+    /// </summary>
+    public string? KnownSha256() => FingerprintCache.TryGet(Stamp(), out string sha) ? sha : null;
+
+    /// <summary>
+    /// A lease on this base from <see cref="BaseModelCache"/>: the held copy when these files were fingerprinted before
+    /// (nothing is read), else loaded (<see cref="Load"/>) and added.
+    /// </summary>
+    /// <exception cref="FileNotFoundException">A file is missing.</exception>
+    public BaseModelCache.Lease<LoadedImageBase> Acquire(Device device) =>
+        BaseModelCache.AcquireOrLoad(KnownSha256(), device, ScalarType.Float32, () =>
+        {
+            var loaded = Load(device);
+            return (loaded, loaded.WeightsSha256);
+        }, Freeze);
+
+    /// <summary>
+    /// Loads the network without a head and the normalisation, and fingerprints them (the fingerprint is remembered by the
+    /// files' stamp, see <see cref="KnownSha256"/>).
+    /// </summary>
     /// <exception cref="FileNotFoundException">A file is missing (the message names it and says where ML.NET's ResNet-18 comes from).</exception>
-    public (ResNet Model, ImageNormalization Normalization, string Sha256) Load(int outputs, Device device)
+    public LoadedImageBase Load(Device device)
     {
         foreach (var (path, what) in new[] { (ModelPath, "image model"), (PreprocessPath, "preprocessing model") })
         {
@@ -43,18 +64,20 @@ internal sealed record ImageBase(string ModelPath, string PreprocessPath)
             }
         }
 
+        string? stamp = Stamp();
         var normalization = ImageNormalization.FromOnnx(PreprocessPath);
         ResNet? model = null;
         try
         {
-            model = ResNet.FromOnnx(ModelPath, outputs);
-            var weights = model.state_dict().Where(p => !p.Key.StartsWith("fc.", StringComparison.Ordinal)).ToList();
+            model = ResNet.FromOnnx(ModelPath);
+            var weights = model.state_dict().ToList();
             using var order = tensor(normalization.ChannelOrder.Select(i => (float)i).ToArray());
             weights.Add(new("preprocess.mean_image", normalization.MeanImage));
             weights.Add(new("preprocess.channel_order", order));
             string sha = WeightsFingerprint.Compute(weights);
+            FingerprintCache.Remember(stamp, sha);
             model.to(device);
-            return (model, normalization, sha);
+            return new LoadedImageBase(model, normalization, sha, this);
         }
         catch
         {
@@ -63,4 +86,18 @@ internal sealed record ImageBase(string ModelPath, string PreprocessPath)
             throw;
         }
     }
+
+    /// <summary>Readies a loaded base for sharing: every tensor frozen (BatchNorm already uses its stored statistics).</summary>
+    public static void Freeze(LoadedImageBase loaded)
+    {
+        foreach (var parameter in loaded.Model.parameters())
+        {
+            parameter.requires_grad = false;
+        }
+
+        loaded.Model.eval();
+    }
+
+    /// <summary>The stamp of both files (full path, size, last-write time), or null when one is missing.</summary>
+    private string? Stamp() => FingerprintCache.Stamp("resnet-onnx", [ModelPath, PreprocessPath]);
 }

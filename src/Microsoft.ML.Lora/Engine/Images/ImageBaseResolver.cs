@@ -4,18 +4,25 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Lora.Engine.Images;
 
 /// <summary>
-/// Finds the image base a saved model was trained on by its SHA-256, in order: the recorded paths, the environment
-/// variable <see cref="LoraBaseModels.BaseModelVariable"/> (a ResNet .onnx file, its preprocessing graph beside it as
-/// the DnnImageFeaturizer package lays them out), ML.NET's ResNet-18 in the application's folder
-/// (<see cref="DnnImageModels"/>), then each of <see cref="LoraBaseModels.SearchDirectories"/> (with or without the
-/// package's <c>DnnImageModels/</c> folder). A candidate with other weights is never used; the error lists every place tried.
+/// Finds the image base a saved model was trained on by its SHA-256, in order: a base already held in this process
+/// (<see cref="BaseModelCache"/>: nothing is read), the recorded paths, the environment variable
+/// <see cref="LoraBaseModels.BaseModelVariable"/> (a ResNet .onnx file, its preprocessing graph beside it as the
+/// DnnImageFeaturizer package lays them out), ML.NET's ResNet-18 in the application's folder (<see cref="DnnImageModels"/>),
+/// then each of <see cref="LoraBaseModels.SearchDirectories"/> (with or without the package's <c>DnnImageModels/</c>
+/// folder). A candidate with other weights is never used; the error lists every place tried.
 /// </summary>
 internal static class ImageBaseResolver
 {
+    /// <returns>A lease the caller owns, and the files of the base used (to record when the model is saved again).</returns>
     /// <exception cref="InvalidDataException">No candidate matched, and at least one had other weights (all places listed).</exception>
     /// <exception cref="FileNotFoundException">No candidate matched and none had other weights (all places listed).</exception>
-    public static (ResNet Model, ImageNormalization Normalization, ImageBase Found) Resolve(ImageBase recorded, string sha256, int outputs, Device device)
+    public static (BaseModelCache.Lease<LoadedImageBase> Lease, ImageBase Found) Resolve(ImageBase recorded, string sha256, Device device)
     {
+        if (BaseModelCache.TryAcquire<LoadedImageBase>(sha256, device, ScalarType.Float32) is { } cached)
+        {
+            return (cached, cached.Base.Source);
+        }
+
         var candidates = new List<(ImageBase Base, string Label)> { (recorded, "the recorded location") };
         if (Environment.GetEnvironmentVariable(LoraBaseModels.BaseModelVariable) is { Length: > 0 } variable)
         {
@@ -29,7 +36,7 @@ internal static class ImageBaseResolver
             candidates.Add((ImageBase.From(Path.Combine(directory, "ResNet18Onnx", "ResNet18.onnx"), null), $"search directory '{directory}'"));
         }
 
-        var tried = new List<string>();
+        var tried = new List<string> { "bases loaded in this process: none with this SHA-256" };
         bool otherWeights = false;
         foreach (var (candidate, label) in candidates.DistinctBy(c => c.Base))
         {
@@ -39,10 +46,18 @@ internal static class ImageBaseResolver
                 continue;
             }
 
-            (ResNet Model, ImageNormalization Normalization, string Sha256) loaded;
+            // Files fingerprinted before in this process are not read again to learn that they hold another base.
+            if (candidate.KnownSha256() is { } known && !string.Equals(known, sha256, StringComparison.Ordinal))
+            {
+                tried.Add($"{label}: {candidate.ModelPath}: weights SHA-256 {known} (another base)");
+                otherWeights = true;
+                continue;
+            }
+
+            LoadedImageBase loaded;
             try
             {
-                loaded = candidate.Load(outputs, device);
+                loaded = candidate.Load(device);
             }
             catch (InvalidDataException e)
             {
@@ -50,15 +65,14 @@ internal static class ImageBaseResolver
                 continue;
             }
 
-            if (string.Equals(loaded.Sha256, sha256, StringComparison.Ordinal))
+            if (string.Equals(loaded.WeightsSha256, sha256, StringComparison.Ordinal))
             {
-                return (loaded.Model, loaded.Normalization, candidate);
+                return (BaseModelCache.AddLoaded(loaded.WeightsSha256, loaded, device, ScalarType.Float32, ImageBase.Freeze), candidate);
             }
 
-            tried.Add($"{label}: {candidate.ModelPath}: weights SHA-256 {loaded.Sha256} (another base)");
+            tried.Add($"{label}: {candidate.ModelPath}: weights SHA-256 {loaded.WeightsSha256} (another base)");
             otherWeights = true;
-            loaded.Model.Dispose();
-            loaded.Normalization.Dispose();
+            loaded.Dispose();
         }
 
         string message = $"The base image model with weights SHA-256 {sha256} was not found. Tried: {string.Join("; ", tried)}. " +

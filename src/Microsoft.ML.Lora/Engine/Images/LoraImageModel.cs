@@ -13,35 +13,40 @@ namespace Microsoft.ML.Lora.Engine.Images;
 /// The image model family: a pretrained ResNet (imported from ONNX) with LoRA on its convolutions, a linear head
 /// (<c>fc</c>, on the globally pooled features), its input normalisation and its device. Rows of pixels become
 /// normalised image tensors here, and nowhere else. BatchNorm layers always use their stored statistics and never train
-/// (<see cref="ResNet.FreezeBatchNorm"/>). The model owns its copy of the base weights (a 45 MB float32 ResNet-18), so
-/// on the CPU it merges the LoRA updates into them in eval mode. Inference (<see cref="Predict"/>) is thread-safe once
-/// the model is in eval mode.
+/// (<see cref="ResNet.FreezeBatchNorm"/>). The network's weights and the normalisation are a shared base from
+/// <see cref="BaseModelCache"/> (<see cref="LoadedImageBase"/>, aliased through <see cref="ResNet.ShareWeights"/>, never
+/// changed), as for text; the model owns its LoRA factors and head and one lease on the base. Inference
+/// (<see cref="Predict"/>) is thread-safe once the model is in eval mode.
 /// </summary>
 internal sealed class LoraImageModel : ILoraModel<ImageRow>
 {
+    private readonly BaseModelCache.Lease<LoadedImageBase> baseModel;
     private bool disposed;
 
-    private LoraImageModel(ResNet model, ImageNormalization normalization, ImageBase baseModel, string sha256, Device device, LabelInfo label, ImageAdapterSettings settings, IReadOnlyList<string> adapted, bool merged)
+    private LoraImageModel(BaseModelCache.Lease<LoadedImageBase> baseModel, ResNet model, ImageBase descriptor, Device device, LabelInfo label, ImageAdapterSettings settings, IReadOnlyList<string> adapted, bool mergedCopy)
     {
+        this.baseModel = baseModel;
         Model = model;
-        Normalization = normalization;
-        Base = baseModel;
-        BaseWeightsSha256 = sha256;
+        Base = descriptor;
         Device = device;
         Label = label;
         Settings = settings;
         AdaptedModules = adapted;
-        Merged = merged;
+        MergedCopy = mergedCopy;
     }
 
     public ResNet Model { get; }
 
-    public ImageNormalization Normalization { get; }
+    /// <summary>The shared base's input normalisation.</summary>
+    public ImageNormalization Normalization => baseModel.Base.Normalization;
 
     /// <summary>Where the base was loaded from (recorded when the model is saved).</summary>
     public ImageBase Base { get; }
 
-    public string BaseWeightsSha256 { get; }
+    public string BaseWeightsSha256 => baseModel.Base.WeightsSha256;
+
+    /// <summary>The shared base's network (tests: its tensors are those the model's network aliases).</summary>
+    internal ResNet SharedBase => baseModel.Base.Model;
 
     public Device Device { get; }
 
@@ -51,8 +56,11 @@ internal sealed class LoraImageModel : ILoraModel<ImageRow>
 
     public IReadOnlyList<string> AdaptedModules { get; }
 
-    /// <summary>Whether the LoRA updates are merged into the convolution weights in eval mode.</summary>
-    public bool Merged { get; }
+    /// <summary>
+    /// True when the adapted convolutions hold private copies of their base weights with the LoRA updates merged in (eval
+    /// mode); false when LoRA runs unmerged on the shared base.
+    /// </summary>
+    public bool MergedCopy { get; }
 
     nn.Module ILoraModel<ImageRow>.Module => Model;
 
@@ -64,24 +72,33 @@ internal sealed class LoraImageModel : ILoraModel<ImageRow>
 
     public long TotalParameterCount => Model.parameters().Sum(p => p.numel());
 
-    /// <summary>Loads the base from <paramref name="source"/> and builds the model on it (see the other overload).</summary>
-    public static LoraImageModel Create(ImageBase source, Device device, LabelInfo label, ImageAdapterSettings settings, long seed, bool merge)
-    {
-        torch.random.manual_seed(seed);
-        var (model, normalization, sha) = source.Load(label.OutputCount, device);
-        return Create(model, normalization, source, sha, device, label, settings, seed, merge);
-    }
+    /// <summary>Leases the base from <see cref="BaseModelCache"/> (loading it if needed), then builds the model on it (see the other overload).</summary>
+    public static LoraImageModel Create(ImageBase source, Device device, LabelInfo label, ImageAdapterSettings settings, long seed, bool mergedCopy) =>
+        Create(source.Acquire(device), source, device, label, settings, seed, mergedCopy);
 
     /// <summary>
-    /// Builds the model on a loaded base (takes ownership of <paramref name="model"/> and <paramref name="normalization"/>,
-    /// also on failure): a fresh head from <paramref name="seed"/>, LoRA on the convolutions whose path matches
+    /// Builds the model on a shared base (takes ownership of <paramref name="lease"/>, also on failure): a network aliasing
+    /// the base's tensors, a fresh head from <paramref name="seed"/>, LoRA on the convolutions whose path matches
     /// <see cref="ImageAdapterSettings.TargetModules"/> (random A, zero B), everything else frozen.
     /// </summary>
+    /// <param name="lease">The base, on <paramref name="device"/>.</param>
+    /// <param name="descriptor">The base's files, recorded when the model is saved.</param>
+    /// <param name="device">Device for all weights.</param>
+    /// <param name="label">Task and outputs.</param>
+    /// <param name="settings">Adapter shape.</param>
+    /// <param name="seed">Seed of the head and adapter initialisation.</param>
+    /// <param name="mergedCopy">
+    /// Give the adapted convolutions private copies of their base weights and merge the LoRA updates into them in eval mode
+    /// (not on a CUDA device); otherwise LoRA runs unmerged on the shared base.
+    /// </param>
     /// <exception cref="ArgumentException">TargetModules matches no convolution (the message lists the convolutions).</exception>
-    public static LoraImageModel Create(ResNet model, ImageNormalization normalization, ImageBase source, string sha256, Device device, LabelInfo label, ImageAdapterSettings settings, long seed, bool merge)
+    public static LoraImageModel Create(BaseModelCache.Lease<LoadedImageBase> lease, ImageBase descriptor, Device device, LabelInfo label, ImageAdapterSettings settings, long seed, bool mergedCopy)
     {
+        ResNet? model = null;
         try
         {
+            torch.random.manual_seed(seed);
+            model = lease.Base.Model.ShareWeights(label.OutputCount);
             torch.random.manual_seed(seed);
             var config = new LoraConfig
             {
@@ -91,7 +108,7 @@ internal sealed class LoraImageModel : ILoraModel<ImageRow>
                 target_modules_regex = settings.TargetModules,
                 use_rslora = settings.UseRsLora,
                 modules_to_save = ["fc"],
-                merge_weights = merge && device.type == DeviceType.CPU,
+                merge_weights = mergedCopy && device.type != DeviceType.CUDA,
             };
             IReadOnlyList<string> adapted;
             try
@@ -108,22 +125,15 @@ internal sealed class LoraImageModel : ILoraModel<ImageRow>
                 throw NoTargetMatches(model, settings, null);
             }
 
-            lora.mark_only_lora_as_trainable(model);
-            foreach (var (name, parameter) in model.named_parameters())
-            {
-                if (name.StartsWith("fc.", StringComparison.Ordinal))
-                {
-                    parameter.requires_grad = true;
-                }
-            }
-
+            // Merging writes into the weight: each adapted convolution then gets a private copy first (the rest stays shared).
+            AdapterTensors.FreezeAllButAdapter(model, "fc.", privateWeights: config.merge_weights);
             model.to(device);
-            return new LoraImageModel(model, normalization, source, sha256, device, label, settings, adapted, config.merge_weights);
+            return new LoraImageModel(lease, model, descriptor, device, label, settings, adapted, config.merge_weights);
         }
         catch
         {
-            model.Dispose();
-            normalization.Dispose();
+            model?.Dispose();
+            lease.Dispose();
             throw;
         }
     }
@@ -167,46 +177,11 @@ internal sealed class LoraImageModel : ILoraModel<ImageRow>
     }
 
     /// <summary>The tensors a model file stores: every LoRA tensor and the head, by parameter path, copied to the CPU.</summary>
-    public SortedDictionary<string, Tensor> AdapterState()
-    {
-        var result = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
-        foreach (var (name, parameter) in Model.named_parameters())
-        {
-            if (IsAdapterTensor(name))
-            {
-                result[name] = parameter.detach().to(CPU).clone();
-            }
-        }
-
-        return result;
-    }
+    public SortedDictionary<string, Tensor> AdapterState() => AdapterTensors.Copy(Model, IsAdapterTensor);
 
     /// <summary>Copies stored adapter tensors into the model (all must be present, with matching shapes).</summary>
     /// <exception cref="InvalidDataException">A tensor is missing, unexpected or of another shape.</exception>
-    public void LoadAdapterState(IReadOnlyDictionary<string, Tensor> state)
-    {
-        var parameters = Model.named_parameters().Where(p => IsAdapterTensor(p.name)).ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
-        var missing = parameters.Keys.Where(k => !state.ContainsKey(k)).ToList();
-        var extra = state.Keys.Where(k => !parameters.ContainsKey(k)).ToList();
-        if (missing.Count > 0 || extra.Count > 0)
-        {
-            throw new InvalidDataException(
-                $"The stored adapter does not fit the rebuilt image model. Missing: [{string.Join(", ", missing)}]; unexpected: [{string.Join(", ", extra)}].");
-        }
-
-        using var noGrad = no_grad();
-        foreach (var (name, parameter) in parameters)
-        {
-            var value = state[name];
-            if (!value.shape.SequenceEqual(parameter.shape))
-            {
-                throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
-                    $"Stored tensor '{name}' has shape [{string.Join(", ", value.shape)}]; the model expects [{string.Join(", ", parameter.shape)}]."));
-            }
-
-            parameter.copy_(value);
-        }
-    }
+    public void LoadAdapterState(IReadOnlyDictionary<string, Tensor> state) => AdapterTensors.Load(Model, IsAdapterTensor, state, "the rebuilt image model");
 
     /// <summary>LoRA tensors (<see cref="lora.IsLoraParameterName"/>) and the head <c>fc</c>: the only tensors a model file holds.</summary>
     public static bool IsAdapterTensor(string name) => lora.IsLoraParameterName(name) || name.StartsWith("fc.", StringComparison.Ordinal);
@@ -220,7 +195,7 @@ internal sealed class LoraImageModel : ILoraModel<ImageRow>
 
         disposed = true;
         Model.Dispose();
-        Normalization.Dispose();
+        baseModel.Dispose();
     }
 
     private static ArgumentException NoTargetMatches(ResNet model, ImageAdapterSettings settings, Exception? inner)
