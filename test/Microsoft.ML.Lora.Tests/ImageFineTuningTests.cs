@@ -162,7 +162,7 @@ public sealed class ImageFineTuningTests
     }
 
     [TestMethod]
-    public void MergedModel_SamePredictionsAsUnmerged()
+    public void MergedModel_FoldedBatchNorm_SamePredictionsAsUnmergedWithBatchNorm()
     {
         var trained = LoraOf(chain).Model;
         Assert.IsTrue(trained.Merged, "on the CPU the fitted model merges LoRA into the convolutions");
@@ -176,10 +176,14 @@ public sealed class ImageFineTuningTests
             unmerged.LoadAdapterState(state);
             merged.Model.eval();
             unmerged.Model.eval();
+            // The reference runs every convolution and BatchNorm separately; the merged model folds each BN into its kernel.
+            unmerged.Model.FoldBatchNorm = false;
             var a = merged.Predict(images);
             var b = unmerged.Predict(images);
+            Assert.AreEqual(22, merged.Model.Folds.Count(f => f.FoldCount == 1), "all 22 conv → BN pairs folded once");
+            Assert.AreEqual(0, unmerged.Model.Folds.Sum(f => f.FoldCount));
 
-            // W + ΔW in one kernel against W and the low-rank branch added: float32 rounding through 20 layers.
+            // W + ΔW and the BN scale in one kernel against W, the low-rank branch and BN: float32 rounding through 20 layers.
             CollectionAssert.AreEqual(b, a, new Tolerance(1e-4f));
             CollectionAssert.AreEqual(trained.Predict(images), a, new Tolerance(1e-6f), "the rebuilt merged model predicts what the fitted one does");
         }
