@@ -24,7 +24,7 @@ for (int i = 0; i < args.Length; i++)
 set_num_threads(threads);
 if (probe is not null)
 {
-    TrainingSuite.ProbeMemory(probe);
+    MemoryProbe.Run(probe);
     return;
 }
 if (servingProbe is not null)
@@ -46,7 +46,7 @@ if (suites.Contains("peer")) PeerSuite.Run(report, repoRoot, threads, quick);
 if (suites.Contains("finetune")) FineTuneSuite.Run(report, repoRoot, threads, quick);
 if (suites.Contains("memory")) MemorySuite.Run(report, quick);
 if (suites.Contains("serving")) ServingSuite.Run(report, repoRoot, quick);
-if (suites.Contains("images")) ImageSuite.Run(report, quick);
+if (suites.Contains("images")) ImageSuite.Run(report, repoRoot, quick);
 if (suites.Contains("longtext")) LongTextSuite.Run(report, repoRoot, quick);
 if (suites.Contains("recompute")) RecomputeSuite.Run(report, threads, quick);
 if (suites.Contains("bf16")) Bf16Suite.Run(report, threads, quick);

@@ -1,5 +1,3 @@
-using System.Diagnostics;
-using System.Globalization;
 using Microsoft.ML.Lora.Models;
 using static TorchSharp.torch;
 
@@ -178,33 +176,14 @@ internal static class TrainingSuite
         };
     }
 
-    /// <summary>Entry point of the child process: prints the peak RSS above the loaded model over 3 steps.</summary>
+    /// <summary>Child process of <see cref="MemoryProbe"/>: the peak RSS above the loaded model over 3 steps of variant <paramref name="variant"/>.</summary>
     public static void ProbeMemory(string variant)
     {
         var v = Enum.Parse<Variant>(variant);
         using var data = Batch(32, 64);
         using var model = Build(v);
-        Action step = EncoderSuite.Step(model.Model, data.Ids, data.Mask, data.Types, data.Labels);
-        Measure.ResetPeakRss();
-        double before = Measure.RssMiB();
-        for (int i = 0; i < 3; i++) step();
-        Console.WriteLine(FormattableString.Invariant($"PEAK_ABOVE_MIB {Measure.PeakRssMiB() - before:F1}"));
+        MemoryProbe.Report(EncoderSuite.Step(model.Model, data.Ids, data.Mask, data.Types, data.Labels));
     }
 
-    private static double ProbeMemoryInChild(Variant v)
-    {
-        string self = Environment.ProcessPath!;
-        var psi = new ProcessStartInfo(self) { RedirectStandardOutput = true, UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(self) == "dotnet") psi.ArgumentList.Add(typeof(TrainingSuite).Assembly.Location);
-        psi.ArgumentList.Add("--probe-memory");
-        psi.ArgumentList.Add(v.ToString());
-        psi.ArgumentList.Add("--threads");
-        psi.ArgumentList.Add(get_num_threads().ToString(CultureInfo.InvariantCulture));
-        using var p = Process.Start(psi)!;
-        string output = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        string? line = output.Split('\n').FirstOrDefault(l => l.StartsWith("PEAK_ABOVE_MIB", StringComparison.Ordinal));
-        if (p.ExitCode != 0 || line is null) throw new InvalidOperationException($"Memory probe for {v} failed (exit {p.ExitCode}): {output}");
-        return double.Parse(line.Split(' ')[1], CultureInfo.InvariantCulture);
-    }
+    private static double ProbeMemoryInChild(Variant v) => MemoryProbe.InChild(v.ToString());
 }

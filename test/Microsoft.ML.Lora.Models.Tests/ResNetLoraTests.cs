@@ -118,6 +118,127 @@ public sealed class ResNetLoraTests
     }
 
     [TestMethod]
+    public void Inference_MergedLoraWithFoldedBatchNorm_EqualsUnmergedWithBatchNorm()
+    {
+        using var scope = NewDisposeScope();
+        using var model = TinyResNet.Create(seed: 70);
+        lora.inject_adapter_in_model(Config(), model);
+        RandomizeLoraB(model, seed: 71);
+        var images = TinyResNet.Images(seed: 72);
+        using var noGrad = no_grad();
+        model.train();
+        var reference = model.forward(images);
+        Assert.AreEqual(0, model.Folds.Sum(f => f.FoldCount), "training mode never folds");
+
+        model.eval();
+        var folded = model.forward(images);
+        Assert.AreEqual(6, model.Folds.Count(f => f.FoldCount == 1), "stem, 2 blocks × 2, 1 shortcut: each folded once");
+        Assert.IsTrue(model.modules().OfType<ILoraLayer>().All(l => l.merged));
+
+        // The cache is reused while nothing changes.
+        model.forward(images).Dispose();
+        Assert.AreEqual(6, model.Folds.Count(f => f.FoldCount == 1));
+
+        model.FoldBatchNorm = false;
+        var mergedUnfolded = model.forward(images);
+        model.FoldBatchNorm = true;
+
+        // Unmerged LoRA branch + BN against one kernel W·s + ΔW·s: float32 rounding, outputs of order 1.
+        Assert.IsLessThan(1e-4, TestData.MaxAbsDiff(reference, folded));
+        Assert.IsLessThan(1e-4, TestData.MaxAbsDiff(mergedUnfolded, folded));
+        Assert.IsGreaterThan(0.0, TestData.MaxAbsDiff(mergedUnfolded, folded), "the folded path really ran");
+
+        // With gradients on, evaluation mode runs conv then BN (the folded kernels carry no gradient).
+        int folds = model.Folds.Sum(f => f.FoldCount);
+        using (enable_grad())
+        {
+            model.forward(images).Dispose();
+        }
+
+        Assert.AreEqual(folds, model.Folds.Sum(f => f.FoldCount));
+    }
+
+    [TestMethod]
+    public void Inference_AdapterChangedOrUnmergedAfterFolding_FollowsTheAdapter()
+    {
+        using var scope = NewDisposeScope();
+        using var model = TinyResNet.Create(seed: 73);
+        lora.inject_adapter_in_model(Config(), model);
+        RandomizeLoraB(model, seed: 74);
+        var images = TinyResNet.Images(seed: 75);
+        using var noGrad = no_grad();
+        model.eval();
+        model.forward(images).Dispose();
+
+        // New factors written in place while merged and folded (as a model file's adapter is loaded).
+        RandomizeLoraB(model, seed: 76);
+        var folded = model.forward(images);
+        Assert.AreEqual(5, model.Folds.Count(f => f.FoldCount == 2), "the 5 adapted convolutions folded again");
+        model.FoldBatchNorm = false;
+        var expected = model.forward(images);
+        model.FoldBatchNorm = true;
+        Assert.IsLessThan(1e-4, TestData.MaxAbsDiff(expected, folded));
+
+        // An adapter unmerged in evaluation mode: its layer runs unfolded (W, the branch, then BN), the others stay folded.
+        var layer = (ILoraLayer)model.named_modules().Single(m => m.name == "layer2.0.conv1").module;
+        layer.unmerge();
+        var partly = model.forward(images);
+        Assert.IsLessThan(1e-4, TestData.MaxAbsDiff(expected, partly));
+        Assert.IsFalse(layer.merged);
+    }
+
+    [TestMethod]
+    public void Train_AfterFoldedInference_SameGradientsAndStateAsBefore()
+    {
+        using var scope = NewDisposeScope();
+        using var model = TinyResNet.Create(seed: 77);
+        lora.inject_adapter_in_model(Config(), model);
+        RandomizeLoraB(model, seed: 78);
+        var images = TinyResNet.Images(seed: 79);
+        var labels = tensor(new long[] { 2, 0, 1, 1 });
+        var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
+
+        Dictionary<string, Tensor> Gradients()
+        {
+            model.train();
+            foreach (var (_, p) in trainable)
+            {
+                p.grad?.zero_();
+            }
+
+            nn.functional.cross_entropy(model.forward(images), labels).backward();
+            return trainable.ToDictionary(p => p.name, p => p.parameter.grad!.clone());
+        }
+
+        var before = Gradients();
+        var stateBefore = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+        model.eval();
+        using (no_grad())
+        {
+            model.forward(images).Dispose();
+        }
+
+        Assert.AreEqual(6, model.Folds.Count(f => f.FoldCount == 1));
+        var stateFolded = model.state_dict();
+        var after = Gradients();
+        var stateAfter = model.state_dict();
+
+        // Nothing of the fold is in the model's state, in evaluation mode or after it; training sees the exact weights.
+        CollectionAssert.AreEquivalent(stateBefore.Keys.ToList(), stateFolded.Keys.ToList());
+        foreach (var (name, value) in stateBefore)
+        {
+            Assert.IsTrue(value.Equals(stateFolded[name]), $"{name} bit for bit (evaluation mode, folded)");
+            Assert.IsTrue(value.Equals(stateAfter[name]), $"{name} bit for bit (training again)");
+        }
+
+        Assert.AreEqual(5 * 2 + 2, before.Count);
+        foreach (var (name, grad) in before)
+        {
+            Assert.IsTrue(grad.Equals(after[name]), $"{name}: the same gradient bit for bit");
+        }
+    }
+
+    [TestMethod]
     public void PeftSaveLoad_ConvAdapterWithHead_RoundTripsIntoFreshModel()
     {
         using var scope = NewDisposeScope();

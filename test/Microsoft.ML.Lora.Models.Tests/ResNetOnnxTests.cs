@@ -106,6 +106,35 @@ public sealed class ResNetOnnxTests
     }
 
     [TestMethod]
+    public void Inference_FoldedBatchNorm_EqualsConvThenBatchNormOnRealImagesWithin1e4()
+    {
+        using var scope = NewDisposeScope();
+        var images = normalization.Apply(cat([TestImages.Fashion(3, 224), TestImages.Colour(2, 224)], 0));
+        Tensor folded, unfolded;
+        using (no_grad())
+        {
+            folded = model.forward(images);
+            Assert.AreEqual(22, model.Folds.Count(f => f.FoldCount > 0), "stem, 9 × 2 block convolutions, 3 shortcuts");
+            try
+            {
+                model.FoldBatchNorm = false;
+                unfolded = model.forward(images);
+            }
+            finally
+            {
+                model.FoldBatchNorm = true;
+            }
+        }
+
+        double diff = TestData.MaxAbsDiff(folded, unfolded);
+        Console.WriteLine($"ResNet-18 with BatchNorm folded into the kernels vs conv then BN, 5 images at 224: max |difference| {diff:E2}");
+
+        // W·s instead of BN(conv(x)): float32 rounding in another order through 20 layers, features up to ~20.
+        Assert.IsLessThan(1e-4, diff);
+        Assert.IsGreaterThan(0.0, diff, "the folded path really ran (bitwise equality would mean it did not)");
+    }
+
+    [TestMethod]
     public void ForwardFeatures_112Pixels_GlobalPoolGivesOneVectorPerImage()
     {
         using var scope = NewDisposeScope();

@@ -162,7 +162,7 @@ public sealed class ImageFineTuningTests
     }
 
     [TestMethod]
-    public void MergedModel_SamePredictionsAsUnmerged_SharedBaseUnchanged()
+    public void MergedModel_FoldedBatchNorm_SamePredictionsAsUnmergedWithBatchNorm_SharedBaseUnchanged()
     {
         var trained = LoraOf(chain).Model;
         Assert.IsFalse(trained.MergedCopy, "the fitted model runs LoRA unmerged on the shared base");
@@ -178,12 +178,17 @@ public sealed class ImageFineTuningTests
             unmerged.LoadAdapterState(state);
             merged.Model.eval();
             unmerged.Model.eval();
+            // The reference runs every convolution and BatchNorm separately; the merged model folds each BN into its kernel.
+            unmerged.Model.FoldBatchNorm = false;
             var a = merged.Predict(images);
             var b = unmerged.Predict(images);
+            Assert.AreEqual(22, merged.Model.Folds.Count(f => f.FoldCount == 1), "all 22 conv → BN pairs folded once");
+            Assert.AreEqual(0, unmerged.Model.Folds.Sum(f => f.FoldCount));
 
-            // W + ΔW in one kernel against W and the low-rank branch added: float32 rounding through 20 layers.
+            // W + ΔW and the BN scale in one kernel against W, the low-rank branch and BN: float32 rounding through 20 layers.
             CollectionAssert.AreEqual(b, a, new Tolerance(1e-4f));
-            CollectionAssert.AreEqual(before, b, new Tolerance(0f), "the rebuilt unmerged model predicts what the fitted one does");
+            // The fitted model folds the BatchNorms of its unadapted convolutions (the shortcuts) for inference; b folds none.
+            CollectionAssert.AreEqual(before, b, new Tolerance(1e-4f), "the rebuilt unmerged model predicts what the fitted one does");
 
             // Merging wrote into the merged model's private copies only: the shared base, and so the fitted model, is unchanged.
             CollectionAssert.AreEqual(before, trained.Predict(images), new Tolerance(0f));

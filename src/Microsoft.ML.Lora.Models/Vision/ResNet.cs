@@ -36,6 +36,8 @@ public sealed class ResNet : nn.Module<Tensor, Tensor>
     private readonly MaxPoolSpecValues maxpool;
     private readonly List<Sequential> stages = [];
     private Module<Tensor, Tensor>? fc;
+    private readonly ConvBatchNormFold stemFold = new();
+    private bool foldBatchNorm = true;
 
     internal ResNet(ResNetSpec spec, int numClasses, Device? device) : base(nameof(ResNet))
     {
@@ -119,6 +121,42 @@ public sealed class ResNet : nn.Module<Tensor, Tensor>
     public bool FreezeBatchNorm { get; set; } = true;
 
     /// <summary>
+    /// Whether inference folds each BatchNorm into the convolution before it (default true): in evaluation mode with
+    /// gradients off, every conv → BN pair runs as one convolution with kernel W·s and bias (b − μ)·s + β, where
+    /// s = γ / √(σ² + ε) (ONNX Runtime does the same). A LoRA convolution is folded only while its update is merged into
+    /// its kernel (<c>eval()</c> with <c>merge_weights</c>); an unmerged one runs as before, its BN separately.
+    /// </summary>
+    /// <remarks>
+    /// The folded kernels are a cache beside the model (one more copy of the folded convolutions' weights, 63 MB for the
+    /// ML.NET ResNet-18), computed on the first inference after <c>eval()</c> from the current, merged weights; parameters
+    /// and buffers are never changed, so <c>state_dict()</c>, saved files and adapters are the same with or without it,
+    /// and training mode never uses it. It is computed again after <c>train()</c>/<c>eval()</c>, <c>load_state_dict</c>, a
+    /// LoRA layer's merge, unmerge or changed factors, a replaced module or parameter, or a move to another device or
+    /// dtype. Values written in place into a base convolution's kernel or a BatchNorm's parameters or statistics while in
+    /// evaluation mode are seen after the next <c>eval()</c>.
+    /// </remarks>
+    public bool FoldBatchNorm
+    {
+        get => foldBatchNorm;
+        set
+        {
+            foldBatchNorm = value;
+            foreach (var block in Blocks)
+            {
+                block.FoldBatchNorm = value;
+            }
+
+            ClearFolds();
+        }
+    }
+
+    /// <summary>The residual blocks, stage by stage.</summary>
+    private IEnumerable<BasicBlock> Blocks => modules().OfType<BasicBlock>();
+
+    /// <summary>Every conv → BN fold of the model (stem first), for tests.</summary>
+    internal IEnumerable<ConvBatchNormFold> Folds => Blocks.SelectMany(b => b.Folds).Prepend(stemFold);
+
+    /// <summary>
     /// Imports a ResNet with basic blocks (ResNet-18/34) from an ONNX file, e.g. the ML.NET ResNet-18
     /// (<see cref="DnnImageModels.ResNet18Path"/>). Weights are mapped by walking the graph from its input (initialiser names
     /// are not needed). The model is returned in evaluation mode, on <paramref name="device"/> (default CPU), in float32.
@@ -181,7 +219,8 @@ public sealed class ResNet : nn.Module<Tensor, Tensor>
         }
 
         using var scope = NewDisposeScope();
-        var x = nn.functional.relu(bn1.call(conv1.call(input)), inplace: true);
+        bool fold = foldBatchNorm && !training && !is_grad_enabled();
+        var x = nn.functional.relu(stemFold.Forward(conv1, bn1, input, fold), inplace: true);
         x = maxpool.Apply(x);
         foreach (var stage in stages)
         {
@@ -207,17 +246,52 @@ public sealed class ResNet : nn.Module<Tensor, Tensor>
         return fc.call(features);
     }
 
-    /// <summary>Sets training mode; BatchNorm layers stay in evaluation mode while <see cref="FreezeBatchNorm"/> is true.</summary>
+    /// <summary>
+    /// Sets training mode; BatchNorm layers stay in evaluation mode while <see cref="FreezeBatchNorm"/> is true. Drops the
+    /// folded kernels of <see cref="FoldBatchNorm"/> (computed again on the next inference).
+    /// </summary>
     /// <param name="train">True for training mode.</param>
     public override void train(bool train = true)
     {
         base.train(train);
+        stemFold.Clear();
         if (train && FreezeBatchNorm)
         {
             foreach (var bn in modules().OfType<BatchNorm2d>())
             {
                 bn.eval();
             }
+        }
+    }
+
+    /// <summary>Loads parameters and buffers (as <c>nn.Module.load_state_dict</c>) and drops the folded kernels.</summary>
+    /// <param name="source">Tensors by name.</param>
+    /// <param name="strict">Whether every key must match.</param>
+    /// <param name="skip">Keys not to load.</param>
+    /// <returns>The missing and unexpected keys.</returns>
+    public override (IList<string> missing_keys, IList<string> unexpected_keyes) load_state_dict(Dictionary<string, Tensor> source, bool strict = true, IList<string>? skip = null)
+    {
+        ClearFolds();
+        return base.load_state_dict(source, strict, skip);
+    }
+
+    /// <inheritdoc/>
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            stemFold.Dispose();
+        }
+
+        base.Dispose(disposing);
+    }
+
+    private void ClearFolds()
+    {
+        stemFold.Clear();
+        foreach (var block in Blocks)
+        {
+            block.ClearFolds();
         }
     }
 

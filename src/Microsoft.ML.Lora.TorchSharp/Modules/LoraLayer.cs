@@ -136,6 +136,7 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
             CheckSameShape(_weight, value, "weight");
             _weight = (Parameter)value.DetachFromDisposeScope();
             ConditionallyRegisterParameter("weight", _weight);
+            WeightVersion++;
             if (_mergedBase is not null)
             {
                 // The new parameter is the base weight W; the merged updates go back on top of it.
@@ -535,6 +536,29 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
         }
     }
 
+    /// <summary>
+    /// Counts the changes this layer made to <c>weight</c> (merging, unmerging, rebuilding the merged weight after the
+    /// factors changed, replacing the parameter): a caller that caches something computed from <c>weight</c> compares it.
+    /// Writes into <c>weight</c> from outside the layer are not counted.
+    /// </summary>
+    internal long WeightVersion { get; private set; }
+
+    /// <summary>
+    /// Brings a merged <c>weight</c> up to date with the factors (as forward does) and tells whether forward is then exactly
+    /// the base operation on <c>weight</c> and <c>bias</c>: adapters enabled, no per-row adapters, and every active
+    /// adapter of this layer merged (or none active). Used by callers that fold the layer into a following operation.
+    /// </summary>
+    internal bool ForwardIsMergedBase()
+    {
+        if (disable_adapters || _rowAdapters is not null)
+        {
+            return false;
+        }
+
+        Reconcile();
+        return _active.All(name => Find(name) is not { } slot || slot.Merged is not null);
+    }
+
     /// <summary>Per-row adapter names for the next forwards (null to stop).</summary>
     internal void SetRowAdapters(string[]? names) => _rowAdapters = names;
 
@@ -726,6 +750,7 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     {
         using var noGrad = torch.no_grad();
         weight.copy_(_mergedBase!.Weight);
+        WeightVersion++;
         foreach (var slot in _adapters)
         {
             if (slot.Merged is not null)
@@ -745,6 +770,7 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
 
         using var noGrad = torch.no_grad();
         weight.copy_(_mergedBase.Weight);
+        WeightVersion++;
         _mergedBase.Weight.Dispose();
         _mergedBase = null;
     }
@@ -771,6 +797,7 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     private void AddDelta(Tensor a, Tensor b, AdapterSlot slot, double sign)
     {
         using var scope = torch.NewDisposeScope();
+        WeightVersion++;
         var target = weight;
         var delta = DeltaWeight(a.to(ScalarType.Float32), b.to(ScalarType.Float32), slot.R, slot.Scaling).to(target.device);
         if (target.dtype == ScalarType.Float32)
