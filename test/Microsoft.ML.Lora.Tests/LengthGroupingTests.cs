@@ -176,7 +176,8 @@ public sealed class LengthGroupingTests
 
     /// <summary>
     /// The one batched view, on a stand-in model whose input is a length: windows of 8 batches are predicted in batches
-    /// sorted by length (ties in row order), each row once, and the outputs come back in the input's row order.
+    /// sorted by length (ties in row order), each row once, and the outputs come back in the input's row order. 75 rows in
+    /// batches of 3: windows of 24, 24, 24 and 3 rows.
     /// </summary>
     [TestMethod]
     public void BatchScoringView_GroupingLength_PredictsSortedBatchesAndRestoresRowOrder()
@@ -196,7 +197,9 @@ public sealed class LengthGroupingTests
         {
             var rows = lengths.Skip(start).Take(window).ToList();
             var batches = scorer.Batches.Skip(start / 3).Take((rows.Count + 2) / 3).ToList();
-            CollectionAssert.AreEqual(rows.Order().ToList(), batches.SelectMany(b => b).ToList(), $"window at row {start}: sorted by length, cut into batches");
+            // A window of one batch or less (here the last, 3 rows) is one batch whatever the order: predicted as it comes.
+            var expected = rows.Count <= 3 ? rows : rows.Order().ToList();
+            CollectionAssert.AreEqual(expected, batches.SelectMany(b => b).ToList(), $"window at row {start}: sorted by length, cut into batches");
         }
 
         scorer.Batches.Clear();
