@@ -19,8 +19,8 @@ namespace Microsoft.ML.Lora.Models;
 /// surrogate halves, and a word the vocabulary cannot spell (e.g. "love😀") becomes one <c>[UNK]</c>, as does a
 /// word longer than 100 characters; text longer than <c>maxLength</c> tokens is truncated by a
 /// <see cref="TruncationStrategy"/> (its head by default) after the whole text is tokenized.
-/// <para>This file and those it uses (BasicTokenizer.cs, EncodedBatch.cs, EncodedRow.cs, TokenTruncation.cs,
-/// TruncationStrategy.cs) have no TorchSharp dependency: the ONNX
+/// <para>This file and those it uses (BasicTokenizer.cs, EncodedBatch.cs, EncodedRow.cs, TextTokens.cs,
+/// TokenTruncation.cs, TruncationStrategy.cs) have no TorchSharp dependency: the ONNX
 /// scoring package compiles the same files (as internal types), so both packages tokenize with one implementation.</para>
 /// </remarks>
 #if MICROSOFT_ML_LORA_ONNX
@@ -35,6 +35,7 @@ sealed class BertTextTokenizer
     private readonly BertTokenizer tokenizer;
     private readonly BasicTokenizer basic;
     private readonly string vocabularyText;
+    private long tokenizedTexts;
 
     private BertTextTokenizer(BertTokenizer tokenizer, string vocabularyText, bool lowerCase, bool stripAccents)
     {
@@ -135,13 +136,29 @@ sealed class BertTextTokenizer
         }
     }
 
+    /// <summary>
+    /// Texts tokenized by this instance so far (each call of <see cref="Tokenize"/>; a row with a pair counts two), so that
+    /// tests can see that a row is tokenized once.
+    /// </summary>
+    internal long TokenizedTexts => Interlocked.Read(ref tokenizedTexts);
+
     /// <summary>Word-piece ids of one text, without special tokens and without truncation.</summary>
     /// <param name="text">The text.</param>
     /// <returns>The ids.</returns>
     public IReadOnlyList<int> Tokenize(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
+        Interlocked.Increment(ref tokenizedTexts);
         return WordPiece(basic.Words(text));
+    }
+
+    /// <summary>Tokenizes a row's text (and pair) whole: the word pieces before special tokens and truncation.</summary>
+    /// <param name="text">The first text.</param>
+    /// <param name="pair">The second text, or null for a single text.</param>
+    internal TextTokens TokenizeRow(string text, string? pair)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        return new TextTokens(Tokenize(text), pair is null ? null : Tokenize(pair));
     }
 
     /// <summary>
@@ -196,18 +213,28 @@ sealed class BertTextTokenizer
     /// <param name="pair">The second text, or null for a single text.</param>
     /// <param name="maxLength">Most tokens, special tokens included.</param>
     /// <param name="truncation">Which tokens a long text keeps.</param>
-    internal EncodedRow EncodeRow(string text, string? pair, int maxLength, TruncationStrategy truncation)
+    internal EncodedRow EncodeRow(string text, string? pair, int maxLength, TruncationStrategy truncation) =>
+        EncodeRow(TokenizeRow(text, pair), maxLength, truncation);
+
+    /// <summary>
+    /// Assembles a tokenized row: <c>[CLS] text [SEP]</c> or <c>[CLS] text [SEP] pair [SEP]</c>, truncated to
+    /// <paramref name="maxLength"/> tokens by <paramref name="truncation"/> (pairs longest-first), not padded.
+    /// </summary>
+    /// <param name="tokens">The row's word pieces (<see cref="TokenizeRow"/>).</param>
+    /// <param name="maxLength">Most tokens, special tokens included.</param>
+    /// <param name="truncation">Which tokens a long text keeps.</param>
+    internal EncodedRow EncodeRow(TextTokens tokens, int maxLength, TruncationStrategy truncation)
     {
-        ArgumentNullException.ThrowIfNull(text);
-        int specials = pair is null ? 2 : 3;
+        ArgumentNullException.ThrowIfNull(tokens);
+        var first = tokens.Text;
+        var second = tokens.Pair;
+        int specials = second is null ? 2 : 3;
         int budget = maxLength - specials;
-        var first = Tokenize(text);
-        if (pair is null)
+        if (second is null)
         {
             return Assemble(TokenTruncation.Keep(first, budget, truncation), null, first.Count, specials);
         }
 
-        var second = Tokenize(pair);
         var (n1, n2) = LongestFirst(first.Count, second.Count, budget);
         return Assemble(TokenTruncation.Keep(first, n1, truncation), TokenTruncation.Keep(second, n2, truncation), first.Count + second.Count, specials);
     }
@@ -231,6 +258,34 @@ sealed class BertTextTokenizer
     internal (List<EncodedRow> Rows, int[] SourceRow) WindowRows(IReadOnlyList<string> texts, int maxLength, int stride)
     {
         CheckBatch(texts, null, maxLength, TruncationStrategy.Head);
+        var tokens = new TextTokens[texts.Count];
+        for (int i = 0; i < texts.Count; i++)
+        {
+            string text = texts[i] ?? throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"texts[{i}] is null."), nameof(texts));
+            tokens[i] = TokenizeRow(text, null);
+        }
+
+        return WindowRows(tokens, maxLength, stride);
+    }
+
+    /// <summary>The windows of tokenized single texts (<see cref="TokenizeRow"/> without a pair), as <see cref="EncodeWindows"/> cuts them, not padded.</summary>
+    /// <param name="texts">The tokenized texts; at least one; none with a pair.</param>
+    /// <param name="maxLength">Tokens per window, special tokens included.</param>
+    /// <param name="stride">Word pieces between the starts of consecutive windows (1 to maxLength - 2).</param>
+    /// <returns>The windows, and for each window the index of its text.</returns>
+    internal (List<EncodedRow> Rows, int[] SourceRow) WindowRows(IReadOnlyList<TextTokens> texts, int maxLength, int stride)
+    {
+        ArgumentNullException.ThrowIfNull(texts);
+        if (texts.Count == 0)
+        {
+            throw new ArgumentException("At least one text is required.", nameof(texts));
+        }
+
+        if (maxLength < 2)
+        {
+            throw new ArgumentOutOfRangeException(nameof(maxLength), maxLength, "maxLength must be at least 2 (room for the special tokens).");
+        }
+
         int budget = maxLength - 2;
         if (stride < 1 || stride > budget)
         {
@@ -242,8 +297,12 @@ sealed class BertTextTokenizer
         var source = new List<int>(texts.Count);
         for (int i = 0; i < texts.Count; i++)
         {
-            string text = texts[i] ?? throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"texts[{i}] is null."), nameof(texts));
-            var ids = Tokenize(text);
+            if (texts[i].Pair is not null)
+            {
+                throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"texts[{i}] has a pair; sliding windows take single texts."), nameof(texts));
+            }
+
+            var ids = texts[i].Text;
             foreach (int start in TokenTruncation.WindowStarts(ids.Count, budget, stride))
             {
                 var window = new List<int>(budget);

@@ -21,7 +21,7 @@ namespace Microsoft.ML.Lora.Onnx;
 /// <c>PredictionEngine</c>, which disposes its transformer) and each open cursor that computes predictions takes one, and
 /// the session is released with the last.
 /// </remarks>
-public sealed class LoraOnnxTransformer : ITransformer, IDisposable, ITextScorer
+public sealed class LoraOnnxTransformer : ITransformer, IDisposable, IBatchScorer<TextTokens>
 {
     private readonly Lock gate = new();
     private readonly InferenceSession session;
@@ -79,9 +79,9 @@ public sealed class LoraOnnxTransformer : ITransformer, IDisposable, ITextScorer
     /// <summary>True: the transformer maps rows one to one (so <c>PredictionEngine</c> works).</summary>
     public bool IsRowToRowMapper => true;
 
-    ColumnNames ITextScorer.Columns => metadata.Columns;
+    LabelInfo IBatchScorer<TextTokens>.Label => metadata.Label;
 
-    LabelInfo ITextScorer.Label => metadata.Label;
+    IReadOnlyList<string> IBatchScorer<TextTokens>.InputColumnNames => TextInputReader.InputColumnNames(metadata.Columns);
 
     /// <summary>Loads an exported model from a file.</summary>
     /// <param name="path">An .onnx file written by <c>LoraTransformer.ExportOnnx</c>.</param>
@@ -117,7 +117,7 @@ public sealed class LoraOnnxTransformer : ITransformer, IDisposable, ITextScorer
     public IRowToRowMapper GetRowToRowMapper(DataViewSchema inputSchema)
     {
         ArgumentNullException.ThrowIfNull(inputSchema);
-        var mapper = new LoraRowMapper(this, inputSchema);
+        var mapper = new RowScoringMapper<TextTokens>(this, inputSchema);
         lock (gate)
         {
             ObjectDisposedException.ThrowIf(references == 0, this);
@@ -131,18 +131,22 @@ public sealed class LoraOnnxTransformer : ITransformer, IDisposable, ITextScorer
     public IDataView Transform(IDataView input)
     {
         ArgumentNullException.ThrowIfNull(input);
-        return new LoraDataView(input, this);
+        return new BatchScoringView<TextTokens>(input, this);
     }
 
-    /// <summary>Tokenizes and runs one batch: row-major [texts.Count × outputs], what the Score column holds.</summary>
-    float[] ITextScorer.Predict(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs)
+    Func<TextTokens> IBatchScorer<TextTokens>.CreateInputReader(DataViewRow row) => TextInputReader.Create(row, metadata.Columns, tokenizer);
+
+    bool IBatchScorer<TextTokens>.SameInput(TextTokens a, TextTokens b) => a.SameIds(b);
+
+    /// <summary>Truncates, pads and runs one batch of tokenized rows: row-major [inputs.Count × outputs], what the Score column holds.</summary>
+    float[] IBatchScorer<TextTokens>.Predict(IReadOnlyList<TextTokens> inputs)
     {
         lock (gate)
         {
             ObjectDisposedException.ThrowIf(references == 0, this);
         }
 
-        var batch = tokenizer.Encode(texts, pairs, metadata.MaxSequenceLength, metadata.Truncation);
+        var batch = tokenizer.Pad(inputs.Select(row => tokenizer.EncodeRow(row, metadata.MaxSequenceLength, metadata.Truncation)).ToArray());
         long[] shape = [batch.BatchSize, batch.SequenceLength];
         using var ids = OrtValue.CreateTensorValueFromMemory(batch.InputIds, shape);
         using var mask = OrtValue.CreateTensorValueFromMemory(batch.AttentionMask, shape);
@@ -152,7 +156,7 @@ public sealed class LoraOnnxTransformer : ITransformer, IDisposable, ITextScorer
         return outputs[0].GetTensorDataAsSpan<float>().ToArray();
     }
 
-    void ITextScorer.AddReference()
+    void IBatchScorer<TextTokens>.AddReference()
     {
         lock (gate)
         {
@@ -161,7 +165,7 @@ public sealed class LoraOnnxTransformer : ITransformer, IDisposable, ITextScorer
         }
     }
 
-    void ITextScorer.ReleaseReference() => Dispose();
+    void IBatchScorer<TextTokens>.ReleaseReference() => Dispose();
 
     void ICanSaveModel.Save(ModelSaveContext ctx) => LoraOnnxModelFile.Save(this, ctx);
 

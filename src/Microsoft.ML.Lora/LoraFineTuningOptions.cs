@@ -155,10 +155,11 @@ public sealed class LoraFineTuningOptions
     /// <summary>
     /// Groups rows of similar length into batches, as Hugging Face's <c>group_by_length</c>: a batch is padded to its longest
     /// row, so mixed lengths waste compute. Training reads the (shuffled) rows in windows of 50 × <see cref="BatchSize"/>,
-    /// sorts each window by text length (characters of text and pair, a proxy for tokens), cuts it into batches and
-    /// shuffles the batch order with the seeded generator: deterministic for a given MLContext seed, the same number of
-    /// batches per epoch, but each batch holds rows of similar length. <c>Transform</c> sorts each window of
-    /// 8 × <see cref="InferenceBatchSize"/> rows by length the same way and returns the outputs in the original row order.
+    /// sorts each window by length (the row's token count), cuts it into batches and shuffles the batch order with the
+    /// seeded generator: deterministic for a given MLContext seed, the same number of batches per epoch, but each batch
+    /// holds rows of similar length. <c>Transform</c> sorts each window of 8 × <see cref="InferenceBatchSize"/> rows by
+    /// token count the same way (each row is tokenized once, and those tokens are scored) and returns the outputs in the
+    /// original row order.
     /// Default true; false batches rows in their (shuffled) order.
     /// </summary>
     public bool GroupByLength = true;

@@ -34,7 +34,7 @@ namespace Microsoft.ML.Lora;
 /// the process ends.
 /// </para>
 /// </remarks>
-public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
+public sealed class LoraTransformer : ITransformer, IDisposable, IBatchScorer<TextTokens>
 {
     private readonly ModelLifetime lifetime;
 
@@ -53,8 +53,8 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     internal int InferenceBatchSize { get; }
 
     /// <summary>
-    /// Whether <c>Transform</c> sorts each window of rows by text length before cutting it into batches (outputs keep the
-    /// row order); from <see cref="LoraFineTuningOptions.GroupByLength"/>, true for a loaded model.
+    /// Whether <c>Transform</c> sorts each window of rows by token count before cutting it into batches (outputs keep the
+    /// row order; each row is tokenized once either way); from <see cref="LoraFineTuningOptions.GroupByLength"/>, true for a loaded model.
     /// </summary>
     internal bool GroupByLength { get; set; } = true;
 
@@ -133,7 +133,7 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     public IRowToRowMapper GetRowToRowMapper(DataViewSchema inputSchema)
     {
         ArgumentNullException.ThrowIfNull(inputSchema);
-        var mapper = new LoraRowMapper(this, inputSchema);
+        var mapper = new RowScoringMapper<TextTokens>(this, inputSchema);
         lifetime.AddEngineReference();
         return mapper;
     }
@@ -161,7 +161,7 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
     {
         ArgumentNullException.ThrowIfNull(input);
         lifetime.ThrowIfOwnerDisposed();
-        return new LoraDataView(input, this, GroupByLength);
+        return new BatchScoringView<TextTokens>(input, this, GroupByLength ? tokens => tokens.Count : null);
     }
 
     /// <summary>
@@ -201,17 +201,21 @@ public sealed class LoraTransformer : ITransformer, IDisposable, ITextScorer
         return fullPath;
     }
 
-    ColumnNames ITextScorer.Columns => Columns;
+    LabelInfo IBatchScorer<TextTokens>.Label => Model.Label;
 
-    LabelInfo ITextScorer.Label => Model.Label;
+    int IBatchScorer<TextTokens>.InferenceBatchSize => InferenceBatchSize;
 
-    int ITextScorer.InferenceBatchSize => InferenceBatchSize;
+    IReadOnlyList<string> IBatchScorer<TextTokens>.InputColumnNames => TextInputReader.InputColumnNames(Columns);
 
-    float[] ITextScorer.Predict(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs) => Model.Predict(texts, pairs);
+    Func<TextTokens> IBatchScorer<TextTokens>.CreateInputReader(DataViewRow row) => TextInputReader.Create(row, Columns, Model.Tokenizer);
 
-    void ITextScorer.AddReference() => AddReference();
+    bool IBatchScorer<TextTokens>.SameInput(TextTokens a, TextTokens b) => a.SameIds(b);
 
-    void ITextScorer.ReleaseReference() => ReleaseReference();
+    float[] IBatchScorer<TextTokens>.Predict(IReadOnlyList<TextTokens> inputs) => Model.Predict(inputs);
+
+    void IBatchScorer<TextTokens>.AddReference() => AddReference();
+
+    void IBatchScorer<TextTokens>.ReleaseReference() => ReleaseReference();
 
     /// <summary>True once the native memory is freed (no owner, engine or cursor holds the model any more).</summary>
     internal bool IsReleased => lifetime.IsReleased;

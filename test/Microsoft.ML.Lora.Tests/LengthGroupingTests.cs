@@ -1,4 +1,5 @@
 using Microsoft.ML.Data;
+using Microsoft.ML.Lora.Data;
 using Microsoft.ML.Lora.Engine;
 using Microsoft.ML.Lora.Models;
 
@@ -102,6 +103,122 @@ public sealed class LengthGroupingTests
         }
     }
 
+    /// <summary>
+    /// Very uneven texts (empty, a few words, longer than MaxSequenceLength, runs of dots) through windows of 8 batches of
+    /// 4: grouping by token count changes only which rows share a batch (the padding), so each row's score is the
+    /// ungrouped one, in its place; with sliding windows too.
+    /// </summary>
+    [TestMethod]
+    [DataRow(0)]
+    [DataRow(10)]
+    public void Transform_VeryUnevenTexts_GroupedEqualsUngroupedRowByRowInOrder(int stride)
+    {
+        using var model = FitBinary(inferenceBatchSize: 4);
+        model.InferenceWindowStride = stride;
+        var ml = new MLContext(seed: 3);
+        var texts = TinyBert.UnevenTexts(101, 11);
+        var input = ml.Data.LoadFromEnumerable(texts.Select(t => new BinaryRow { Text = t }));
+        var tokens = texts.Select(t => model.Model.Tokenizer.Tokenize(t).Count).ToList();
+        Assert.IsTrue(tokens.Min() == 0 && tokens.Max() > 100, $"token counts from {tokens.Min()} to {tokens.Max()}");
+        Assert.IsTrue(Enumerable.Range(0, texts.Count).Any(i => Enumerable.Range(0, texts.Count).Any(j => texts[i].Length < texts[j].Length && tokens[i] > tokens[j])),
+            "some rows are shorter in characters but longer in tokens");
+
+        model.GroupByLength = true;
+        var grouped = ml.Data.CreateEnumerable<BinaryOutput>(model.Transform(input), false).ToList();
+        model.GroupByLength = false;
+        var plain = ml.Data.CreateEnumerable<BinaryOutput>(model.Transform(input), false).ToList();
+
+        Assert.HasCount(texts.Count, grouped);
+        Assert.IsGreaterThan(0.01, (double)(grouped.Max(r => r.Score) - grouped.Min(r => r.Score)), "scores differ between rows");
+        for (int i = 0; i < texts.Count; i++)
+        {
+            Assert.AreEqual(texts[i], grouped[i].Text, $"row {i}: pass-through column in row order");
+
+            // Same tokens, other padding: float32 noise only (masked positions add exact zeros to the attention).
+            Assert.AreEqual(plain[i].Score, grouped[i].Score, 1e-5f, $"row {i} ({tokens[i]} tokens)");
+        }
+    }
+
+    /// <summary>Each row's text is tokenized exactly once per Transform pass (grouped or not, windows or not), and once per PredictionEngine row.</summary>
+    [TestMethod]
+    [DataRow(true, 0)]
+    [DataRow(false, 0)]
+    [DataRow(true, 10)]
+    public void Transform_EachRowTokenizedOncePerPass(bool group, int stride)
+    {
+        using var model = FitBinary(inferenceBatchSize: 4);
+        model.GroupByLength = group;
+        model.InferenceWindowStride = stride;
+        var ml = new MLContext(seed: 3);
+        var texts = TinyBert.UnevenTexts(70, 12);
+        var input = ml.Data.LoadFromEnumerable(texts.Select(t => new BinaryRow { Text = t }));
+        var tokenizer = model.Model.Tokenizer;
+        var scored = model.Transform(input);
+
+        for (int pass = 0; pass < 2; pass++)
+        {
+            long before = tokenizer.TokenizedTexts;
+            var rows = ml.Data.CreateEnumerable<BinaryOutput>(scored, false).ToList();
+            Assert.HasCount(texts.Count, rows);
+            Assert.AreEqual(texts.Count, tokenizer.TokenizedTexts - before, $"pass {pass}: one tokenization per row");
+        }
+
+        long atEngine = tokenizer.TokenizedTexts;
+        using var engine = ml.Model.CreatePredictionEngine<BinaryRow, BinaryPrediction>(model);
+        foreach (string text in texts.Take(10))
+        {
+            var prediction = engine.Predict(new BinaryRow { Text = text });
+            Assert.AreEqual(prediction.Score > 0, prediction.PredictedLabel, "both columns from the same forward pass");
+        }
+
+        Assert.AreEqual(10, tokenizer.TokenizedTexts - atEngine, "a PredictionEngine row is tokenized once for all its columns");
+    }
+
+    /// <summary>
+    /// The one batched view, on a stand-in model whose input is a length: windows of 8 batches are predicted in batches
+    /// sorted by length (ties in row order), each row once, and the outputs come back in the input's row order. 75 rows in
+    /// batches of 3: windows of 24, 24, 24 and 3 rows.
+    /// </summary>
+    [TestMethod]
+    public void BatchScoringView_GroupingLength_PredictsSortedBatchesAndRestoresRowOrder()
+    {
+        var ml = new MLContext(seed: 1);
+        var random = new Random(4);
+        var lengths = Enumerable.Range(0, 75).Select(_ => random.Next(0, 20)).ToList();
+        var input = ml.Data.LoadFromEnumerable(lengths.Select(l => new LengthRow { Length = l }));
+        var scorer = new LengthScorer(batchSize: 3);
+
+        var grouped = new BatchScoringView<int>(input, scorer, length => length).GetColumn<float>("Score").ToList();
+
+        CollectionAssert.AreEqual(lengths.Select(l => (float)l).ToList(), grouped, "each row's own output, in row order");
+        Assert.HasCount(25, scorer.Batches, "75 rows in batches of 3: as many batches as without grouping");
+        int window = 3 * LengthGrouping.InferenceWindowBatches;
+        for (int start = 0; start < lengths.Count; start += window)
+        {
+            var rows = lengths.Skip(start).Take(window).ToList();
+            var batches = scorer.Batches.Skip(start / 3).Take((rows.Count + 2) / 3).ToList();
+            // A window of one batch or less (here the last, 3 rows) is one batch whatever the order: predicted as it comes.
+            var expected = rows.Count <= 3 ? rows : rows.Order().ToList();
+            CollectionAssert.AreEqual(expected, batches.SelectMany(b => b).ToList(), $"window at row {start}: sorted by length, cut into batches");
+        }
+
+        scorer.Batches.Clear();
+        var plain = new BatchScoringView<int>(input, scorer).GetColumn<float>("Score").ToList();
+        CollectionAssert.AreEqual(grouped, plain);
+        CollectionAssert.AreEqual(lengths, scorer.Batches.SelectMany(b => b).ToList(), "without a grouping length: consecutive rows");
+    }
+
+    private static LoraTransformer FitBinary(int inferenceBatchSize)
+    {
+        var ml = new MLContext(seed: 3);
+        var train = ml.Data.LoadFromEnumerable(TinyBert.Sentences(48, 2, 4).Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
+        var options = TinyBert.FastOptions(baseModel);
+        options.MaxEpochs = 3;
+        options.MaxSequenceLength = 48;
+        options.InferenceBatchSize = inferenceBatchSize;
+        return ml.Transforms.LoraFineTune(options).Fit(train);
+    }
+
     [TestMethod]
     public void Fit_GroupByLengthSameSeed_BitwiseSamePredictionsAndGroupingChangesTraining()
     {
@@ -129,6 +246,62 @@ public sealed class LengthGroupingTests
     private sealed class Tolerance(float tolerance) : System.Collections.IComparer
     {
         public int Compare(object? x, object? y) => Math.Abs((float)x! - (float)y!) <= tolerance ? 0 : 1;
+    }
+
+    public sealed class LengthRow
+    {
+        public int Length { get; set; }
+    }
+
+    /// <summary>A regression "model" whose input is the Length column and whose score is that length; it records its batches.</summary>
+    private sealed class LengthScorer(int batchSize) : IBatchScorer<int>
+    {
+        private static readonly ColumnNames Columns = new("Length", null, "Score", "PredictedLabel", "Probability");
+
+        public List<int[]> Batches { get; } = [];
+
+        public LabelInfo Label { get; } = LabelInfo.FromColumn(RegressionLabel(), "label");
+
+        public int InferenceBatchSize => batchSize;
+
+        public IReadOnlyList<string> InputColumnNames => [Columns.Text];
+
+        public DataViewSchema GetOutputSchema(DataViewSchema inputSchema) => OutputSchema.Build(inputSchema, Columns, Label);
+
+        public Func<int> CreateInputReader(DataViewRow row)
+        {
+            var getter = row.GetGetter<int>(row.Schema[Columns.Text]);
+            return () =>
+            {
+                int value = 0;
+                getter(ref value);
+                return value;
+            };
+        }
+
+        public bool SameInput(int a, int b) => a == b;
+
+        public void AddReference()
+        {
+        }
+
+        public void ReleaseReference()
+        {
+        }
+
+        public float[] Predict(IReadOnlyList<int> inputs)
+        {
+            Assert.IsLessThanOrEqualTo(batchSize, inputs.Count);
+            Batches.Add([.. inputs]);
+            return [.. inputs.Select(i => (float)i)];
+        }
+
+        private static DataViewSchema.Column RegressionLabel()
+        {
+            var builder = new DataViewSchema.Builder();
+            builder.AddColumn("Label", NumberDataViewType.Single);
+            return builder.ToSchema()[0];
+        }
     }
 
     public sealed class BinaryOutput

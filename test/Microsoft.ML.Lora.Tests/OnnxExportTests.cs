@@ -223,6 +223,46 @@ public sealed class OnnxExportTests
         (loaded as IDisposable)?.Dispose();
     }
 
+    /// <summary>
+    /// Very uneven texts (empty, short, cut by truncation, runs of dots) in ONNX batches of 3: the ONNX package's Transform
+    /// and PredictionEngine (the batched view and row mapper it shares with LoraTransformer) give TorchSharp's scores, with
+    /// and without TorchSharp's length grouping, row by row in order.
+    /// </summary>
+    [TestMethod]
+    public void LoraOnnxTransformer_VeryUnevenTexts_TransformAndPredictionEngineEqualTorchSharp()
+    {
+        var ml = new MLContext(seed: 3);
+        var data = ml.Data.LoadFromEnumerable(TinyBert.Sentences(48, 2, 4).Select(s => new BinaryRow { Text = s.Text, Label = s.Class == 0 }));
+        var options = Options();
+        options.MaxSequenceLength = 48;
+        using var model = ml.Transforms.LoraFineTune(options).Fit(data);
+        string path = model.ExportOnnx(Path.Combine(root, "uneven.onnx"));
+        using var onnx = ml.Transforms.ScoreLoraOnnx(path, inferenceBatchSize: 3);
+
+        var texts = TinyBert.UnevenTexts(50, 13);
+        var input = ml.Data.LoadFromEnumerable(texts.Select(t => new BinaryRow { Text = t }));
+        var actual = ml.Data.CreateEnumerable<BinaryPrediction>(onnx.Transform(input), false).ToList();
+        model.GroupByLength = true;
+        var grouped = ml.Data.CreateEnumerable<BinaryPrediction>(model.Transform(input), false).ToList();
+        model.GroupByLength = false;
+        var plain = ml.Data.CreateEnumerable<BinaryPrediction>(model.Transform(input), false).ToList();
+        using var engine = ml.Model.CreatePredictionEngine<BinaryRow, BinaryPrediction>(onnx);
+
+        Assert.HasCount(texts.Count, actual);
+        Assert.IsGreaterThan(0.01, (double)(actual.Max(r => r.Score) - actual.Min(r => r.Score)), "scores differ between rows");
+        for (int i = 0; i < texts.Count; i++)
+        {
+            Assert.AreEqual(grouped[i].Score, actual[i].Score, ScoreTolerance, $"row {i}: ONNX Runtime vs TorchSharp (grouped)");
+            Assert.AreEqual(plain[i].Score, actual[i].Score, ScoreTolerance, $"row {i}: ONNX Runtime vs TorchSharp (in row order)");
+            Assert.AreEqual(grouped[i].PredictedLabel, actual[i].PredictedLabel, $"row {i} (logit {grouped[i].Score})");
+
+            // One row alone is padded to itself only: other summation lengths, float32 noise.
+            var single = engine.Predict(new BinaryRow { Text = texts[i] });
+            Assert.AreEqual(actual[i].Score, single.Score, 1e-5f, $"row {i}: PredictionEngine");
+            Assert.AreEqual(actual[i].Probability, single.Probability, 1e-5f, $"row {i}: PredictionEngine");
+        }
+    }
+
     /// <summary>The README's recipe: the exported model in ML.NET's own ONNX transform, fed fixed-length token vectors.</summary>
     [TestMethod]
     public void ApplyOnnxModel_ExportedModelOnFixedLengthTokens_ScoreEqualsTransform()

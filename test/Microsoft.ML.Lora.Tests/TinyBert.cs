@@ -82,6 +82,36 @@ internal static class TinyBert
         return result;
     }
 
+    /// <summary>
+    /// Seeded, very uneven texts, all different: empty, one to three words, 40 to 120 words (longer than any test's
+    /// MaxSequenceLength), and runs of '.' (each dot is a token: a short text of many tokens, so ordering by characters and
+    /// by tokens differ).
+    /// </summary>
+    public static List<string> UnevenTexts(int count, int seed)
+    {
+        var random = new Random(seed);
+        var words = Filler.Concat(Positive).Concat(Negative).ToArray();
+        string Words(int n) => string.Join(' ', Enumerable.Range(0, n).Select(_ => words[random.Next(words.Length)]));
+        var texts = new List<string>(count);
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        while (texts.Count < count)
+        {
+            string text = random.Next(4) switch
+            {
+                0 => seen.Contains(string.Empty) ? "." : string.Empty,
+                1 => Words(random.Next(1, 4)),
+                2 => Words(random.Next(40, 121)),
+                _ => Words(1) + " " + new string('.', random.Next(5, 60)),
+            };
+            if (seen.Add(text))
+            {
+                texts.Add(text);
+            }
+        }
+
+        return texts;
+    }
+
     /// <summary>Deletes a folder made by <see cref="TempDirectory"/>; a file still open (e.g. on another thread) leaves it for the OS.</summary>
     public static void DeleteTempDirectory(string path)
     {

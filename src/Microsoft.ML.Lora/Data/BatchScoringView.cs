@@ -1,24 +1,36 @@
 using Microsoft.ML.Data;
+using Microsoft.ML.Lora.Engine;
 
 namespace Microsoft.ML.Lora.Data;
 
 /// <summary>
-/// The lazy result of a model's <c>Transform</c> for any model family (<see cref="IBatchScorer{TInput}"/>): input columns
-/// pass through and the prediction columns are computed when a cursor asks for them, one forward pass per
-/// <c>InferenceBatchSize</c> rows. A second input cursor over the model's input columns runs ahead to fill each batch, so
-/// only one batch of model inputs is held. (The text family's <see cref="LoraDataView"/> does the same and also groups
-/// rows by length.)
+/// The lazy result of a model's <c>Transform</c> for every model family (<see cref="IBatchScorer{TInput}"/>; text, images,
+/// and the ONNX scoring package, which compiles this file too): input columns pass through and the prediction columns are
+/// computed when a cursor asks for them, one forward pass per <c>InferenceBatchSize</c> rows. A second input cursor over
+/// the model's input columns runs ahead to fill each batch, reading each row's input once, so only the inputs of one batch
+/// (or one window) are held.
 /// </summary>
+/// <remarks>
+/// Length grouping (a <c>groupingLength</c> is given): the look-ahead reads a window of
+/// <see cref="LengthGrouping.InferenceWindowBatches"/> batches, sorts it by the inputs' lengths (stable), predicts it in
+/// batches of similar length (less padding) and puts each row's outputs back in its place, so the row order is unchanged.
+/// The text family's length is the row's token count: the inputs are the tokens, read once and scored as they are.
+/// </remarks>
 /// <typeparam name="TInput">One row's model input.</typeparam>
 internal sealed class BatchScoringView<TInput> : IDataView
 {
     private readonly IDataView input;
     private readonly IBatchScorer<TInput> parent;
+    private readonly Func<TInput, int>? groupingLength;
 
-    public BatchScoringView(IDataView input, IBatchScorer<TInput> parent)
+    /// <param name="input">The input data.</param>
+    /// <param name="parent">The model.</param>
+    /// <param name="groupingLength">The length rows are grouped by (see the remarks), or null to predict the rows in their order.</param>
+    public BatchScoringView(IDataView input, IBatchScorer<TInput> parent, Func<TInput, int>? groupingLength = null)
     {
         this.input = input;
         this.parent = parent;
+        this.groupingLength = groupingLength;
         Schema = parent.GetOutputSchema(input.Schema);
     }
 
@@ -120,8 +132,10 @@ internal sealed class BatchScoringView<TInput> : IDataView
         private void FillBatch()
         {
             int size = view.parent.InferenceBatchSize;
-            var inputs = new List<TInput>(Math.Min(size, 1 << 12));
-            while (inputs.Count < size && ahead!.MoveNext())
+            var length = view.groupingLength;
+            int window = length is null ? size : (int)Math.Min(int.MaxValue / 2, (long)size * LengthGrouping.InferenceWindowBatches);
+            var inputs = new List<TInput>(Math.Min(window, 1 << 12));
+            while (inputs.Count < window && ahead!.MoveNext())
             {
                 inputs.Add(readInput!());
             }
@@ -131,9 +145,28 @@ internal sealed class BatchScoringView<TInput> : IDataView
                 throw new InvalidOperationException("The input data returned fewer rows to the model's input cursor than to the main cursor; the model needs a data view whose cursors see the same rows in the same order.");
             }
 
-            outputs = view.parent.Predict(inputs);
+            outputs = length is null || inputs.Count <= size ? view.parent.Predict(inputs) : PredictGrouped(inputs, length, size);
             batchStart = row;
             batchCount = inputs.Count;
+        }
+
+        /// <summary>Predicts a window in batches of rows sorted by length; the outputs are in the window's row order.</summary>
+        private float[] PredictGrouped(List<TInput> inputs, Func<TInput, int> length, int size)
+        {
+            var order = LengthGrouping.SortedOrder(inputs.ConvertAll(i => length(i)));
+            int width = view.parent.Label.OutputCount;
+            var result = new float[inputs.Count * width];
+            for (int start = 0; start < order.Length; start += size)
+            {
+                var batch = order.AsSpan(start, Math.Min(size, order.Length - start)).ToArray();
+                var part = view.parent.Predict(Array.ConvertAll(batch, i => inputs[i]));
+                for (int k = 0; k < batch.Length; k++)
+                {
+                    Array.Copy(part, k * width, result, batch[k] * width, width);
+                }
+            }
+
+            return result;
         }
 
         public override ValueGetter<TValue> GetGetter<TValue>(DataViewSchema.Column column)

@@ -5,9 +5,14 @@ namespace Microsoft.ML.Lora.Data;
 /// <summary>
 /// What <see cref="BatchScoringView{TInput}"/> and <see cref="RowScoringMapper{TInput}"/> need from a trained model of any
 /// family: its label facts, its batch size, how it reads one row's input from a cursor (the family's part) and a batched
-/// prediction; the output columns and their values come from the task (<see cref="LabelInfo.Task"/>).
+/// prediction; the output columns and their values come from the task (<see cref="LabelInfo.Task"/>). Implemented by
+/// <c>LoraTransformer</c> and <c>LoraImageTransformer</c> (TorchSharp) and by the ONNX scoring package's transformer (ONNX
+/// Runtime), which compiles this folder's shared files too.
 /// </summary>
-/// <typeparam name="TInput">One row's model input as the family reads it (for images: the resized RGB pixels).</typeparam>
+/// <typeparam name="TInput">
+/// One row's model input as the family reads it (text: the row's tokens, <c>TextTokens</c>, read by
+/// <see cref="TextInputReader"/>; images: the resized RGB pixels).
+/// </typeparam>
 internal interface IBatchScorer<TInput>
 {
     /// <summary>Task and label facts.</summary>

@@ -3,9 +3,9 @@ using Microsoft.ML.Data;
 namespace Microsoft.ML.Lora.Data;
 
 /// <summary>
-/// Row-to-row mapper of a model of any family (<see cref="IBatchScorer{TInput}"/>), used by <c>PredictionEngine</c>: one
-/// forward pass per row, shared by all output columns of that row. Several mappers (one per PredictionEngine, one per
-/// thread) share the model.
+/// Row-to-row mapper of a model of any family (<see cref="IBatchScorer{TInput}"/>: text, images, and the ONNX scoring
+/// package, which compiles this file too), used by <c>PredictionEngine</c>: one forward pass per row, shared by all output
+/// columns of that row. Several mappers (one per PredictionEngine, one per thread) share the model.
 /// </summary>
 /// <typeparam name="TInput">One row's model input.</typeparam>
 internal sealed class RowScoringMapper<TInput> : IRowToRowMapper

@@ -3,19 +3,18 @@ namespace Microsoft.ML.Lora.Engine;
 /// <summary>
 /// Length grouping (Hugging Face's <c>group_by_length</c>): a batch is padded to its longest row, so batches of rows of
 /// similar length cost less. Rows are read in windows, each window is sorted by length (stable), cut into batches, and
-/// the batch order is shuffled with a seeded generator. In training, where rows are tokenized before they are batched,
-/// length is the token count; in <c>Transform</c> it is the text's character count (plus the pair's), a cheap proxy.
+/// the batch order is shuffled with a seeded generator (training). A text row's length is its token count, in training
+/// (the truncated row) and in <c>Transform</c> (the text's and pair's word pieces, tokenized once and then scored;
+/// <c>Data/BatchScoringView</c> sorts each window and restores the row order).
 /// </summary>
+/// <remarks>This file has no TorchSharp dependency (the ONNX scoring package compiles it too).</remarks>
 internal static class LengthGrouping
 {
     /// <summary>Training window in batches (Hugging Face's megabatch multiplier).</summary>
     public const int TrainingWindowBatches = 50;
 
-    /// <summary>Inference window in batches: rows whose texts are held at once by a <c>Transform</c> cursor.</summary>
+    /// <summary>Inference window in batches: rows whose inputs (a text row's tokens) are held at once by a <c>Transform</c> cursor.</summary>
     public const int InferenceWindowBatches = 8;
-
-    /// <summary>The grouping length of a training row: its tokens.</summary>
-    public static int Length(TokenizedRow row) => row.Tokens.Ids.Length;
 
     /// <summary>
     /// Batches of <paramref name="batchSize"/> rows: each window of <paramref name="window"/> rows is sorted by length, cut

@@ -185,7 +185,7 @@ internal sealed class LoraTextModel : ILoraModel<TokenizedRow>
     /// </summary>
     public IEnumerable<TokenizedRow[]> TrainingBatches(IEnumerable<TokenizedRow> rows, int batchSize, bool groupByLength, Random random) =>
         groupByLength
-            ? LengthGrouping.Batches(rows, batchSize, LengthGrouping.TrainingWindowBatches * batchSize, LengthGrouping.Length, random)
+            ? LengthGrouping.Batches(rows, batchSize, LengthGrouping.TrainingWindowBatches * batchSize, r => r.Tokens.Ids.Length, random)
             : rows.Chunk(batchSize);
 
     /// <summary>Encodes texts (and pairs) with the model's truncation and runs the model: [n, OutputCount] logits or standardised values.</summary>
@@ -200,27 +200,29 @@ internal sealed class LoraTextModel : ILoraModel<TokenizedRow>
     }
 
     /// <summary>
-    /// Predicts rows: multiclass class probabilities, binary logits, or regression values in label units; row-major
-    /// [texts.Count × OutputCount]. The model must be in eval mode. With a window stride (single texts only), a text longer
-    /// than the budget is scored as sliding windows (<see cref="BertTextTokenizer.EncodeWindows"/>) and its output is the
-    /// mean of its windows' logits (standardised values for regression), before the softmax or the label scale.
+    /// Predicts tokenized rows (<see cref="BertTextTokenizer.TokenizeRow"/>; nothing is tokenized again here): multiclass
+    /// class probabilities, binary logits, or regression values in label units; row-major [rows.Count × OutputCount]. The
+    /// model must be in eval mode. Rows are truncated by <see cref="AdapterSettings.Truncation"/>; with a window stride
+    /// (single texts only), a text longer than the budget is scored as sliding windows
+    /// (<see cref="BertTextTokenizer.WindowRows(IReadOnlyList{TextTokens}, int, int)"/>) and its output is the mean of its
+    /// windows' logits (standardised values for regression), before the softmax or the label scale.
     /// </summary>
-    public float[] Predict(IReadOnlyList<string> texts, IReadOnlyList<string>? pairs)
+    public float[] Predict(IReadOnlyList<TextTokens> rows)
     {
         ObjectDisposedException.ThrowIf(disposed, this);
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
         Tensor output;
         int stride = WindowStride;
-        if (stride > 0 && pairs is null)
+        if (stride > 0 && rows.All(r => r.Pair is null))
         {
-            output = PredictWindows(texts, stride);
+            output = PredictWindows(rows, stride);
         }
         else
         {
-            var batch = Tokenizer.Encode(texts, pairs, Settings.MaxSequenceLength, Settings.Truncation);
+            var batch = Tokenizer.Pad(rows.Select(r => Tokenizer.EncodeRow(r, Settings.MaxSequenceLength, Settings.Truncation)).ToArray());
             output = Forward(batch);
-            ScoredTruncation.Add(texts.Count, batch.TruncatedRows, batch.SourceTokens, batch.KeptTokens);
+            ScoredTruncation.Add(rows.Count, batch.TruncatedRows, batch.SourceTokens, batch.KeptTokens);
         }
 
         output = Label.Task.ToScores(output, Scaling);
@@ -228,20 +230,20 @@ internal sealed class LoraTextModel : ILoraModel<TokenizedRow>
     }
 
     /// <summary>
-    /// Sliding windows: forward passes of at most max(texts, 32) windows each, then per text the mean of its windows'
+    /// Sliding windows: forward passes of at most max(rows, 32) windows each, then per row the mean of its windows'
     /// outputs.
     /// </summary>
-    private Tensor PredictWindows(IReadOnlyList<string> texts, int stride)
+    private Tensor PredictWindows(IReadOnlyList<TextTokens> rows, int stride)
     {
-        var (windows, source) = Tokenizer.WindowRows(texts, Settings.MaxSequenceLength, stride);
-        int chunk = Math.Max(texts.Count, 32);
+        var (windows, source) = Tokenizer.WindowRows(rows, Settings.MaxSequenceLength, stride);
+        int chunk = Math.Max(rows.Count, 32);
         var outputs = windows.Chunk(chunk).Select(part => Forward(Tokenizer.Pad(part))).ToList();
         var all = outputs.Count == 1 ? outputs[0] : torch.cat(outputs, 0);
         var index = HostTransfer.ToDevice(torch.tensor(source.Select(r => (long)r).ToArray(), ScalarType.Int64), Device);
-        var sums = torch.zeros([texts.Count, all.shape[1]], all.dtype, Device).index_add_(0, index, all, 1);
-        var counts = torch.zeros([texts.Count], all.dtype, Device).index_add_(0, index, torch.ones([source.Length], all.dtype, Device), 1);
-        long longRows = source.Length - texts.Count == 0 ? 0 : source.CountBy(r => r).Count(g => g.Value > 1);
-        ScoredTruncation.Add(texts.Count, longRows, 0, 0);
+        var sums = torch.zeros([rows.Count, all.shape[1]], all.dtype, Device).index_add_(0, index, all, 1);
+        var counts = torch.zeros([rows.Count], all.dtype, Device).index_add_(0, index, torch.ones([source.Length], all.dtype, Device), 1);
+        long longRows = source.Length - rows.Count == 0 ? 0 : source.CountBy(r => r).Count(g => g.Value > 1);
+        ScoredTruncation.Add(rows.Count, longRows, 0, 0);
         return sums / counts.unsqueeze(1);
     }
 
