@@ -7,8 +7,8 @@ namespace Microsoft.ML.Lora;
 /// Training-mode dropout whose backward keeps a one-byte mask instead of a float scale tensor. On the CPU libtorch's
 /// dropout multiplies the input by a tensor of 0 and 1/(1-p) in the input's dtype and keeps that tensor for the backward
 /// pass (4 bytes an element in float32); this keeps a bool mask (1 byte an element) and a 0-d scale. The mask is drawn
-/// exactly as libtorch's dropout draws it (<c>bernoulli_(1-p)</c> into an empty tensor like the input, from the default
-/// generator), and the scale is computed by the same division, so the output, the gradient and the random-number state
+/// as libtorch's dropout draws it (<c>bernoulli_(1-p)</c> into an empty tensor like the input, from the default
+/// generator; here the tensor is bool), and the scale is computed by the same division, so the output, the gradient and the random-number state
 /// afterwards are those of <c>nn.functional.dropout</c>, bit for bit. On CUDA libtorch's fused dropout already keeps a
 /// bool mask (and draws differently), so there this is <c>nn.functional.dropout</c>.
 /// </summary>
@@ -25,32 +25,27 @@ internal static class ByteMaskDropout
             return nn.functional.dropout(input, p, training: true);
         }
 
-        using var mask = DrawMask(input, input.dtype, p);
+        using var mask = DrawMask(input, p);
         using var scale = Scale(input.dtype, input.device, p);
         return Apply(input, mask, scale);
     }
 
     /// <summary>
-    /// The keep-mask libtorch's CPU dropout would draw for <paramref name="input"/> cast to <paramref name="dtype"/>
-    /// (same shape and layout, same generator calls).
+    /// The keep-mask libtorch's CPU dropout would draw for a tensor like <paramref name="input"/>, drawn straight into a
+    /// bool tensor of the same shape and layout: libtorch's Bernoulli sampler makes the same generator calls and the same
+    /// 0/1 values for every dtype, so no float tensor of the input's size is allocated.
     /// </summary>
-    internal static Tensor DrawMask(Tensor input, ScalarType dtype, double p)
-    {
-        using var noise = empty_like(input, dtype: dtype).bernoulli_(1 - p);
-        return noise.to(ScalarType.Bool);
-    }
+    internal static Tensor DrawMask(Tensor input, double p) =>
+        empty_like(input, dtype: ScalarType.Bool).bernoulli_(1 - p);
 
     /// <summary>1/(1-p) as a 0-d tensor of <paramref name="dtype"/>, computed as libtorch's dropout computes its scale.</summary>
     internal static Tensor Scale(ScalarType dtype, Device device, double p) =>
         ones(Array.Empty<long>(), dtype: dtype, device: device).div_(1 - p);
 
     /// <summary>
-    /// x·scale·mask. For autograd the product with the 0-d scale keeps only the scale, and the product with the mask only
-    /// the mask (neither keeps x, since the scale and the mask need no gradient).
+    /// x·scale·mask, computed in place on the product with the scale. For autograd the product with the 0-d scale keeps
+    /// only the scale, and the product with the mask only the mask (neither keeps x, since the scale and the mask need no
+    /// gradient).
     /// </summary>
-    internal static Tensor Apply(Tensor x, Tensor mask, Tensor scale)
-    {
-        using var scaled = x.mul(scale);
-        return scaled.mul(mask);
-    }
+    internal static Tensor Apply(Tensor x, Tensor mask, Tensor scale) => x.mul(scale).mul_(mask);
 }

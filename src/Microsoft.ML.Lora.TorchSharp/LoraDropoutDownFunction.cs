@@ -31,7 +31,7 @@ internal sealed class LoraDropoutDownFunction : SingleTensorFunction<LoraDropout
     /// <returns>[..., r] in A's dtype.</returns>
     internal static Tensor Apply(Tensor input, Tensor a, double p)
     {
-        using var mask = ByteMaskDropout.DrawMask(input, a.dtype, p);
+        using var mask = ByteMaskDropout.DrawMask(input, p);
         return apply(input, a, mask, p);
     }
 
