@@ -17,7 +17,7 @@ for (int i = 0; i < args.Length; i++)
         case "--probe-memory": probe = args[++i]; break;
         case "--probe-serving": servingProbe = [args[++i], args[++i], args[++i]]; break;
         case "--probe-bf16": set_num_threads(threads); Bf16Suite.Probe(quick); return;
-        case "--probe-recompute": set_num_threads(threads); RecomputeSuite.Probe(args[++i], int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture), int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture)); return;
+        case "--probe-recompute": set_num_threads(threads); RecomputeSuite.Probe(args[++i], int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture), int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture), i + 1 < args.Length ? double.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture) : 0); return;
         default: suites.Add(args[i]); break;
     }
 }

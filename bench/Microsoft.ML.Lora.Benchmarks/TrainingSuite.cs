@@ -129,7 +129,9 @@ internal static class TrainingSuite
         }
     }
 
-    internal static Variants Build(Variant v)
+    /// <param name="v">What trains.</param>
+    /// <param name="loraDropout">Dropout on the LoRA branches' input (LoraConfig's default 0; the ML.NET estimator's is 0.1).</param>
+    internal static Variants Build(Variant v, double loraDropout = 0)
     {
         manual_seed(0);
         var loaded = PretrainedModel.MiniLmL6V2.Load();
@@ -137,7 +139,7 @@ internal static class TrainingSuite
         model.Bert.GradientCheckpointing = v is Variant.LoraQvCheckpointed or Variant.FullCheckpointed;
         if (v is not (Variant.Full or Variant.FullCheckpointed))
         {
-            var config = new LoraConfig { r = 8, lora_alpha = 16 };
+            var config = new LoraConfig { r = 8, lora_alpha = 16, lora_dropout = loraDropout };
             if (v == Variant.LoraQvTopHalf) config.layers_to_transform = new List<int> { 3, 4, 5 };
             if (v is Variant.LoraQv or Variant.LoraQvCheckpointed or Variant.LoraQvTopHalf) config.target_modules = new List<string> { "query", "value" };
             else config.target_modules = new List<string> { LoraConfig.AllLinear };

@@ -63,7 +63,8 @@ public sealed class BertModel : nn.Module<Tensor, Tensor, Tensor, Tensor>
     /// <summary>
     /// What training recomputes in the backward pass instead of keeping it (default
     /// <see cref="Models.Recomputation.None"/>): <see cref="Models.Recomputation.Selective"/> recomputes each layer's
-    /// attention core (scores, softmax, dropout: the activations that grow with the square of the sequence length),
+    /// attention core (scores, softmax, dropout: the activations that grow with the square of the sequence length) and
+    /// keeps dropout masks as bytes (hidden dropout, and LoRA dropout, whose dropped input is recomputed),
     /// <see cref="Models.Recomputation.Full"/> each whole layer (<see cref="GradientCheckpointing"/>). Loss and gradients
     /// are the same in every mode (dropout masks are replayed); eval mode and <c>no_grad</c> are not affected.
     /// </summary>

@@ -123,21 +123,33 @@ internal sealed class BertResidualOutput : Module<Tensor, Tensor, Tensor>
     private Module<Tensor, Tensor> dense;
     private readonly LayerNorm LayerNorm;
     private readonly Dropout dropout;
+    private readonly double dropoutProbability;
 
     public BertResidualOutput(string name, int inputSize, BertConfig config, Device? device = null) : base(name)
     {
         dense = nn.Linear(inputSize, config.HiddenSize, device: device);
         LayerNorm = nn.LayerNorm(config.HiddenSize, eps: config.LayerNormEps, device: device);
         dropout = nn.Dropout(config.HiddenDropoutProb);
+        dropoutProbability = config.HiddenDropoutProb;
         RegisterComponents();
     }
+
+    /// <summary>
+    /// Whether training with gradients keeps the dropout mask as one byte an element (<c>ByteMaskDropout</c>: same
+    /// values and random draws) instead of libtorch's float scale tensor (<see cref="Recomputation.Selective"/>).
+    /// </summary>
+    public bool DropoutKeepsByteMask { get; set; }
 
     /// <param name="hidden">The block's input, in the matmul dtype.</param>
     /// <param name="residual">The residual stream, in the residual (LayerNorm) dtype.</param>
     public override Tensor forward(Tensor hidden, Tensor residual)
     {
         using var scope = NewDisposeScope();
-        return LayerNorm.forward(dropout.forward(dense.call(hidden)).to(residual.dtype).add_(residual)).MoveToOuterDisposeScope();
+        var projected = dense.call(hidden);
+        var dropped = DropoutKeepsByteMask && training && is_grad_enabled()
+            ? ByteMaskDropout.Dropout(projected, dropoutProbability)
+            : dropout.forward(projected);
+        return LayerNorm.forward(dropped.to(residual.dtype).add_(residual)).MoveToOuterDisposeScope();
     }
 }
 
@@ -153,6 +165,13 @@ internal sealed class BertAttention : Module<Tensor, Tensor, Tensor>
     {
         get => self.RecomputeCore;
         set => self.RecomputeCore = value;
+    }
+
+    /// <summary>See <see cref="BertResidualOutput.DropoutKeepsByteMask"/>.</summary>
+    public bool DropoutKeepsByteMask
+    {
+        get => output.DropoutKeepsByteMask;
+        set => output.DropoutKeepsByteMask = value;
     }
 
     public BertAttention(BertConfig config, Device? device = null) : base("BertAttention")
@@ -211,6 +230,17 @@ internal sealed class BertLayer : Module<Tensor, Tensor, Tensor>
         set => attention.RecomputeCore = value;
     }
 
+    /// <summary>See <see cref="BertResidualOutput.DropoutKeepsByteMask"/> (both of the layer's residual blocks).</summary>
+    public bool DropoutKeepsByteMask
+    {
+        get => output.DropoutKeepsByteMask;
+        set
+        {
+            attention.DropoutKeepsByteMask = value;
+            output.DropoutKeepsByteMask = value;
+        }
+    }
+
     public BertLayer(BertConfig config, Device? device = null) : base("BertLayer")
     {
         attention = new BertAttention(config, device);
@@ -245,7 +275,9 @@ internal sealed class BertEncoder : Module<Tensor, Tensor, Tensor>
 
     /// <summary>
     /// What training recomputes (see <see cref="BertModel.Recomputation"/>): <see cref="Recomputation.Full"/> runs each
-    /// layer through <c>lora.checkpoint</c>, <see cref="Recomputation.Selective"/> each layer's attention core.
+    /// layer through <c>lora.checkpoint</c>; <see cref="Recomputation.Selective"/> each layer's attention core, keeps
+    /// the hidden-dropout masks as bytes, and has the LoRA linear layers inside the layers recompute their dropped inputs
+    /// (<c>LoraLayer.RecomputeDroppedInput</c>, set at each training forward, so layers injected later are covered).
     /// </summary>
     public Recomputation Recomputation
     {
@@ -261,6 +293,7 @@ internal sealed class BertEncoder : Module<Tensor, Tensor, Tensor>
             foreach (var block in layer)
             {
                 block.RecomputeAttentionCore = value == Recomputation.Selective;
+                block.DropoutKeepsByteMask = value == Recomputation.Selective;
             }
         }
     }
@@ -268,9 +301,21 @@ internal sealed class BertEncoder : Module<Tensor, Tensor, Tensor>
     public override Tensor forward(Tensor hidden, Tensor additiveMask)
     {
         bool checkpointing = recomputation == Recomputation.Full && training && is_grad_enabled();
+        bool selective = recomputation == Recomputation.Selective && training && is_grad_enabled();
         Tensor current = hidden;
         foreach (var block in layer)
         {
+            if (training && is_grad_enabled())
+            {
+                foreach (var module in block.modules())
+                {
+                    if (module is Lora.Modules.LoraLayer loraLayer)
+                    {
+                        loraLayer.RecomputeDroppedInput = selective;
+                    }
+                }
+            }
+
             var next = checkpointing
                 ? lora.checkpoint(block.forward, current, additiveMask, block.parameters())
                 : block.forward(current, additiveMask);

@@ -25,12 +25,6 @@ internal sealed class CheckpointFunction : SingleTensorFunction<CheckpointFuncti
     private const string InputsRequireGradKey = "inputs_require_grad";
     private const string ParametersKey = "parameters";
 
-    // Gradients returned by backward (and the incoming one) are copied by the autograd engine (it takes its own reference) once backward has
-    // returned; the managed handles are released at the start of the next backward on the same thread. Per thread, because
-    // CUDA runs backward on the engine's device threads, where no dispose scope is open.
-    [ThreadStatic]
-    private static List<Tensor>? handedOver;
-
     public override string Name => "LoraCheckpoint";
 
     public override Tensor forward(AutogradContext ctx, params object[] vars)
@@ -66,7 +60,7 @@ internal sealed class CheckpointFunction : SingleTensorFunction<CheckpointFuncti
         var function = (Func<Tensor[], Tensor>)ctx.get_data(FunctionKey);
         var requiresGrad = (bool[])ctx.get_data(InputsRequireGradKey);
         var parameters = (Tensor[])ctx.get_data(ParametersKey);
-        ReleaseHandedOver();
+        GradientHandOver.ReleaseHandedOver();
 
         // One entry per apply argument: none for the function and the count, then each input, then each parameter.
         var result = new List<Tensor>(2 + requiresGrad.Length + parameters.Length) { null!, null! };
@@ -99,44 +93,17 @@ internal sealed class CheckpointFunction : SingleTensorFunction<CheckpointFuncti
             int next = 0;
             for (int i = 0; i < inputs.Length; i++)
             {
-                result.Add(requiresGrad[i] ? HandOver(grads[next++]) : null!);
+                result.Add(requiresGrad[i] ? GradientHandOver.HandOver(grads[next++]) : null!);
             }
 
             for (int i = 0; i < parameters.Length; i++)
             {
-                result.Add(HandOver(grads[next++]));
+                result.Add(GradientHandOver.HandOver(grads[next++]));
             }
         }
 
         // The engine's handle of the incoming gradient: released with the outgoing ones.
-        HandOver(grad_output);
+        GradientHandOver.HandOver(grad_output);
         return result;
-    }
-
-    private static Tensor HandOver(Tensor gradient)
-    {
-        if (gradient is null || gradient.IsInvalid)
-        {
-            return null!;
-        }
-
-        gradient.DetachFromDisposeScope();
-        (handedOver ??= []).Add(gradient);
-        return gradient;
-    }
-
-    private static void ReleaseHandedOver()
-    {
-        if (handedOver is null)
-        {
-            return;
-        }
-
-        foreach (var gradient in handedOver)
-        {
-            gradient.Dispose();
-        }
-
-        handedOver.Clear();
     }
 }

@@ -136,7 +136,8 @@ public sealed class LoraFineTuningOptions
     /// <summary>
     /// What training recomputes in the backward pass instead of keeping it (<see cref="Models.Recomputation"/>).
     /// <see cref="Models.Recomputation.Selective"/> recomputes only each layer's attention core (scores, softmax,
-    /// dropout): the memory that grows with the square of <see cref="MaxSequenceLength"/>, for a small share of the step;
+    /// dropout): the memory that grows with the square of <see cref="MaxSequenceLength"/>, for a small share of the step,
+    /// and keeps the hidden and LoRA dropout masks as bytes (the LoRA branch's dropped input is computed again);
     /// <see cref="Models.Recomputation.Full"/> recomputes whole layers (<see cref="GradientCheckpointing"/>). The
     /// gradients are the same in every mode. Measured memory and step time of each mode are in bench/README.md
     /// ("Recomputation"). Default <see cref="Models.Recomputation.None"/>.

@@ -61,6 +61,45 @@ public sealed class GradientCheckpointingTests
     }
 
     [TestMethod]
+    public void Selective_TrainingWithLoraAndHiddenDropout_SameLossAndGradientsWithin1e6()
+    {
+        using var scope = NewDisposeScope();
+        var plain = Gradients(Recomputation.None, loraOnly: true, out float plainLoss);
+        var selective = Gradients(Recomputation.Selective, loraOnly: true, out float selectiveLoss);
+
+        // The forward runs the same operations on the same values: the attention core's checkpoint, the byte-mask
+        // hidden dropout and the LoRA branches that recompute their dropped input all reproduce libtorch's values.
+        Assert.AreEqual(plainLoss, selectiveLoss, "loss, bit for bit");
+        foreach (var (name, grad) in plain)
+        {
+            // Backward repeats autograd's float32 operations; only the accumulation order of a few products may differ.
+            double diff = TestData.MaxAbsDiff(selective[name], grad);
+            double scale = grad.abs().max().item<float>();
+            Assert.IsTrue(diff <= 1e-6 * scale, $"{name}: max |Δ| {diff} vs scale {scale}");
+        }
+    }
+
+    [TestMethod]
+    public void Selective_TrainingForward_LoraLayersRecomputeTheirDroppedInput()
+    {
+        using var scope = NewDisposeScope();
+        var model = TestData.TinyModel(seed: 5, layers: 2);
+        model.Recomputation = Recomputation.Selective; // before injection: the flag is applied at each training forward
+        lora.inject_adapter_in_model(new LoraConfig { r = 4, lora_alpha = 8, lora_dropout = 0.1, target_modules = ["query", "value"] }, model);
+        var layers = model.modules().OfType<Lora.Modules.LoraLayer>().ToList();
+        Assert.AreEqual(4, layers.Count, "query and value of 2 layers");
+        var (ids, mask, types) = TestData.TinyBatch(3);
+        model.train();
+
+        model.forward(ids, mask, types).sum().backward();
+        Assert.IsTrue(layers.All(l => l.RecomputeDroppedInput), "selective: every LoRA layer of the encoder");
+
+        model.Recomputation = Recomputation.None;
+        model.forward(ids, mask, types).sum().backward();
+        Assert.IsFalse(layers.Any(l => l.RecomputeDroppedInput), "none: the plain branch");
+    }
+
+    [TestMethod]
     [DataRow(Recomputation.Full)]
     [DataRow(Recomputation.Selective)]
     public void Recomputation_EvalOrNoGrad_OutputUnchanged(Recomputation recomputation)

@@ -53,6 +53,17 @@ public sealed class Linear : LoraLayer
         return nn.functional.linear(down, b);
     }
 
+    private protected override Tensor? RecomputingDropoutForward(Tensor input, Tensor a, Tensor b, double dropout)
+    {
+        if (input.device.type != DeviceType.CPU)
+        {
+            return null;
+        }
+
+        using var down = LoraDropoutDownFunction.Apply(input, a, dropout);
+        return nn.functional.linear(down, b);
+    }
+
     private protected override (Tensor a, Tensor b) CreateFactors(int r, LoraInitKind init)
     {
         var dtype = LoraArguments.FactorDtype(weight.dtype);

@@ -119,6 +119,16 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     /// <summary>Names of the adapters this layer holds, in the order they were added.</summary>
     public IReadOnlyList<string> adapter_names => _adapters.Select(a => a.Name).ToList();
 
+    /// <summary>
+    /// Whether a training forward with gradients runs each adapter branch that has dropout so that its backward keeps
+    /// the branch input (shared with the base layer and the other branches) and a one-byte dropout mask, and computes the
+    /// dropped input again, instead of keeping the dropped input and a float scale tensor (two full-size tensors per
+    /// branch). Same output and random draws; gradients agree to rounding. Set by models under selective recomputation
+    /// (<c>Recomputation.Selective</c>); layer kinds and devices without such a path ignore it (linear layers on the CPU
+    /// have one).
+    /// </summary>
+    internal bool RecomputeDroppedInput { get; set; }
+
     /// <summary>Names of the adapters whose updates forward adds (summed), in order.</summary>
     public IReadOnlyList<string> active_adapters => _active.ToList();
 
@@ -341,6 +351,18 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
             }
 
             var (a, b) = Factors(slot);
+            if (RecomputeDroppedInput && slot.Dropout > 0 && training && is_grad_enabled()
+                && RecomputingDropoutForward(input, a, b, slot.Dropout) is { } recomputing)
+            {
+                using (recomputing)
+                {
+                    using var update = recomputing.dtype == result.dtype ? recomputing.alias() : recomputing.to(result.dtype);
+                    result = result.add_(update, alpha: slot.Scaling);
+                }
+
+                continue;
+            }
+
             var x = AdapterInput(input, a.dtype, slot.Dropout);
             try
             {
@@ -375,6 +397,13 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, ILoraLayer
     /// Computes scaling·ΔW in float32 with the shape and layout of <c>weight</c>, from float32 copies of the factors.
     /// </summary>
     private protected abstract Tensor DeltaWeight(Tensor a, Tensor b, int r, double scaling);
+
+    /// <summary>
+    /// The unscaled update of an adapter with dropout whose backward keeps the branch input and a one-byte dropout mask
+    /// and computes the dropped input again (<see cref="RecomputeDroppedInput"/>), with the values and random draws of
+    /// <see cref="AdapterInput"/> + <see cref="AdapterForward"/>; null where the layer kind or device has none.
+    /// </summary>
+    private protected virtual Tensor? RecomputingDropoutForward(Tensor input, Tensor a, Tensor b, double dropout) => null;
 
     /// <summary>
     /// The whole output in one operation when the layer kind can fold the unmerged active adapters (no dropout on their
