@@ -140,17 +140,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             {
                 // Validation ran the model in eval mode without merging (the model was built with merge_weights off), so
                 // the trained weights are as the last step left them: the best epoch's adapter is copied into this model.
-                if (best is not null)
-                {
-                    try
-                    {
-                        model.LoadAdapterState(best);
-                    }
-                    finally
-                    {
-                        LoraTrainer.DisposeState(best);
-                    }
-                }
+                LoraTrainer.RestoreBest(model, best);
 
                 model.Model.eval();
                 return new LoraTransformer(model, Columns, options.InferenceBatchSize) { GroupByLength = options.GroupByLength, Environment = env };

@@ -97,17 +97,7 @@ public sealed class LoraImageFineTuningEstimator : IEstimator<LoraImageTransform
             var best = trainer.Train(statistics.Rows);
             if (!mergedCopy)
             {
-                if (best is not null)
-                {
-                    try
-                    {
-                        model.LoadAdapterState(best);
-                    }
-                    finally
-                    {
-                        LoraTrainer.DisposeState(best);
-                    }
-                }
+                LoraTrainer.RestoreBest(model, best);
 
                 model.Model.eval();
                 return new LoraImageTransformer(model, Columns, options.InferenceBatchSize);

@@ -39,6 +39,28 @@ internal static class LoraTrainer
         return peak * Math.Max(0, totalSteps - step + 1) / Math.Max(1, totalSteps - warmupSteps);
     }
 
+    /// <summary>
+    /// Copies the best epoch's adapter (what <see cref="LoraTrainer{TRow}.Train"/> returned; null when the last epoch's
+    /// weights are the ones to keep) into <paramref name="model"/>, then disposes it.
+    /// </summary>
+    internal static void RestoreBest<TRow>(ILoraModel<TRow> model, SortedDictionary<string, Tensor>? best)
+        where TRow : ILabeledRow
+    {
+        if (best is null)
+        {
+            return;
+        }
+
+        try
+        {
+            model.LoadAdapterState(best);
+        }
+        finally
+        {
+            DisposeState(best);
+        }
+    }
+
     internal static void DisposeState(SortedDictionary<string, Tensor>? state)
     {
         if (state is null)
