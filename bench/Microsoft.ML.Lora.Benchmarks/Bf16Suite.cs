@@ -135,11 +135,7 @@ internal static class Bf16Suite
 
     private static string CpuBf16Flags()
     {
-        const string cpuinfo = "/proc/cpuinfo";
-        if (!File.Exists(cpuinfo)) return "unknown (no /proc/cpuinfo)";
-        string? line = File.ReadLines(cpuinfo).FirstOrDefault(l => l.StartsWith("flags", StringComparison.Ordinal));
-        if (line is null) return "unknown";
-        var flags = line.Split(':', 2)[1].Split(' ', StringSplitOptions.RemoveEmptyEntries).ToHashSet(StringComparer.Ordinal);
-        return string.Join(", ", Bf16Flags.Where(flags.Contains));
+        var flags = Engine.CpuBFloat16.CpuFlags();
+        return flags is null ? "unknown (no /proc/cpuinfo)" : string.Join(", ", Bf16Flags.Where(flags.Contains));
     }
 }

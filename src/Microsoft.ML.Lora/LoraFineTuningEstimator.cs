@@ -239,12 +239,7 @@ public sealed class LoraFineTuningEstimator : IEstimator<LoraTransformer>
             (nameof(o.PredictedLabelColumnName), o.PredictedLabelColumnName),
             (nameof(o.ProbabilityColumnName), o.ProbabilityColumnName),
         ];
-        foreach (var (field, name) in inputs.Concat(outputs))
-        {
-            OptionChecks.ColumnName(name, field);
-        }
-
-        OptionChecks.DistinctOutputs(outputs, inputs, "text, pair or label");
+        OptionChecks.Columns(inputs, outputs, "text, pair or label");
         if (o.BaseModel is null)
         {
             throw new ArgumentNullException(nameof(LoraFineTuningOptions.BaseModel), "BaseModel must name a pretrained model, e.g. PretrainedModel.MiniLmL6V2.");

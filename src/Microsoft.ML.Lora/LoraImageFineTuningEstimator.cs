@@ -175,12 +175,7 @@ public sealed class LoraImageFineTuningEstimator : IEstimator<LoraImageTransform
             (nameof(o.PredictedLabelColumnName), o.PredictedLabelColumnName),
             (nameof(o.ProbabilityColumnName), o.ProbabilityColumnName),
         ];
-        foreach (var (field, name) in inputs.Concat(outputs))
-        {
-            OptionChecks.ColumnName(name, field);
-        }
-
-        OptionChecks.DistinctOutputs(outputs, inputs, "image or label");
+        OptionChecks.Columns(inputs, outputs, "image or label");
         if (string.IsNullOrWhiteSpace(o.TargetModules))
         {
             throw new ArgumentException(@"TargetModules must be a regular expression over module paths, e.g. layer\d+\.\d+\.conv[12].", nameof(LoraImageFineTuningOptions.TargetModules));

@@ -22,6 +22,21 @@ internal static class OptionChecks
     }
 
     /// <summary>
+    /// The column options of an estimator: every name valid (<see cref="ColumnName"/>, inputs first), then the outputs
+    /// distinct (<see cref="DistinctOutputs"/>).
+    /// </summary>
+    /// <exception cref="ArgumentException">A name is empty or two clash (names the field).</exception>
+    public static void Columns(IReadOnlyList<(string Field, string Name)> inputs, IReadOnlyList<(string Field, string Name)> outputs, string inputRoles)
+    {
+        foreach (var (field, name) in inputs.Concat(outputs))
+        {
+            ColumnName(name, field);
+        }
+
+        DistinctOutputs(outputs, inputs, inputRoles);
+    }
+
+    /// <summary>
     /// An output column may hide an input column of the same name that the model does not read (ML.NET's convention), but
     /// not another output column nor one of the columns the model reads (<paramref name="inputs"/>, described by <paramref name="inputRoles"/>).
     /// </summary>

@@ -35,7 +35,7 @@ public sealed class CheckedInImageModelTests
 
             string fixture = Path.Combine(AppContext.BaseDirectory, "TestData", "image-model-v1");
             string modelPath = Path.Combine(fixture, "model.zip");
-            Assert.AreEqual(0x00010001u, WrittenFormatVersion(modelPath), "format version written");
+            Assert.AreEqual(0x00010001u, ModelKeyHeader.WrittenFormatVersion(modelPath, "LORAIMAG"), "format version written");
             Assert.IsLessThan(64 * 1024, new FileInfo(modelPath).Length, "LoRA factors and head only");
             var ml = new MLContext(seed: 1);
             var model = ml.Model.Load(modelPath, out var schema);
@@ -101,23 +101,5 @@ public sealed class CheckedInImageModelTests
         var (labels, scores) = Score(ml, model, images);
         File.WriteAllLines(Path.Combine(directory, "expected.tsv"), labels.Zip(scores).Select(p =>
             p.First + "\t" + string.Join(',', p.Second.Select(v => BitConverter.SingleToInt32Bits(v).ToString("X8", CultureInfo.InvariantCulture)))));
-    }
-
-    /// <summary>ModelVerWritten of the LoRA image transformer's Model.key (ML.NET's header: offset 0x48).</summary>
-    private static uint WrittenFormatVersion(string modelPath)
-    {
-        using var zip = ZipFile.OpenRead(modelPath);
-        foreach (var entry in zip.Entries.Where(e => e.FullName.EndsWith("Model.key", StringComparison.Ordinal)))
-        {
-            using var stream = entry.Open();
-            using var buffer = new MemoryStream();
-            stream.CopyTo(buffer);
-            if (Encoding.ASCII.GetString(buffer.GetBuffer(), 0, (int)buffer.Length).Contains("LORAIMAG", StringComparison.Ordinal))
-            {
-                return BinaryPrimitives.ReadUInt32LittleEndian(buffer.GetBuffer().AsSpan(0x48));
-            }
-        }
-
-        throw new AssertFailedException($"{modelPath} has no LoRA image transformer (model signature LORAIMAG).");
     }
 }

@@ -56,7 +56,7 @@ public sealed class CheckedInModelTests
     {
         string fixture = Path.Combine(AppContext.BaseDirectory, "TestData", name);
         string modelPath = Path.Combine(fixture, "model.zip");
-        Assert.AreEqual(formatVersion, WrittenFormatVersion(modelPath), $"{name}: format version written");
+        Assert.AreEqual(formatVersion, ModelKeyHeader.WrittenFormatVersion(modelPath, "LORATEXT"), $"{name}: format version written");
         string previous = Environment.GetEnvironmentVariable(LoraModelFile.BaseModelOverrideVariable) ?? string.Empty;
 
         // The file records the absolute folder it was trained from (on another machine); point to the copy here.
@@ -92,24 +92,6 @@ public sealed class CheckedInModelTests
         {
             Environment.SetEnvironmentVariable(LoraModelFile.BaseModelOverrideVariable, previous.Length == 0 ? null : previous);
         }
-    }
-
-    /// <summary>ModelVerWritten of the LoRA transformer's Model.key (ML.NET's header: offset 0x48).</summary>
-    private static uint WrittenFormatVersion(string modelPath)
-    {
-        using var zip = ZipFile.OpenRead(modelPath);
-        foreach (var entry in zip.Entries.Where(e => e.FullName.EndsWith("Model.key", StringComparison.Ordinal)))
-        {
-            using var stream = entry.Open();
-            using var buffer = new MemoryStream();
-            stream.CopyTo(buffer);
-            if (Encoding.ASCII.GetString(buffer.GetBuffer(), 0, (int)buffer.Length).Contains("LORATEXT", StringComparison.Ordinal))
-            {
-                return BinaryPrimitives.ReadUInt32LittleEndian(buffer.GetBuffer().AsSpan(0x48));
-            }
-        }
-
-        throw new AssertFailedException($"{modelPath} has no LoRA transformer (model signature LORATEXT).");
     }
 
     [TestMethod]
